@@ -1,0 +1,32 @@
+"""Stage evaluate@<variant>: test ELBO and per-digit reconstruction error on the full test set."""
+
+import sys
+
+from vaelab import paths
+from vaelab.data import load_split
+from vaelab.errors import run_stage
+from vaelab.metrics import per_class_reconstruction, test_elbo
+from vaelab.models import load_trained
+from vaelab.params import load_params
+from vaelab.tracking import continued_run, log_flat_metrics
+from vaelab.train import pick_device
+
+
+def main() -> None:
+    name = sys.argv[1]
+    params = load_params()
+    params.variant(name)
+    device = pick_device()
+    model, run_id = load_trained(paths.model_file(name), device)
+    test = load_split(False, device)
+    metrics = {
+        "test": test_elbo(model, test, params.evaluate.batch_size, params.seed),
+        "per_class": per_class_reconstruction(model, test, params.evaluate.batch_size),
+    }
+    paths.write_json(paths.test_metrics_file(name), metrics)
+    with continued_run(params, run_id):
+        log_flat_metrics(metrics)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,43 @@
+"""Stage render@<variant>: PNGs of reconstructions, prior samples, interpolations (and digits on demand)."""
+
+import shutil
+import sys
+
+import mlflow
+import torch
+
+from vaelab import paths, render
+from vaelab.data import load_split
+from vaelab.errors import run_stage
+from vaelab.models import load_trained
+from vaelab.params import load_params
+from vaelab.tracking import continued_run
+from vaelab.train import pick_device
+
+
+def main() -> None:
+    name = sys.argv[1]
+    params = load_params()
+    params.variant(name)
+    device = pick_device()
+    model, run_id = load_trained(paths.model_file(name), device)
+    test = load_split(False, device)
+    generator = torch.Generator(device).manual_seed(params.seed)
+    opts = params.render
+    pictures = {
+        "reconstructions.png": (render.reconstructions(model, test, opts.n_images), opts.n_images),
+        "samples.png": (render.prior_samples(model, opts.grid_size**2, generator), opts.grid_size),
+        "interpolation_3_to_8.png": (render.interpolation(model, test, 3, 8, opts.interpolation_steps), opts.interpolation_steps),
+    }
+    if model.n_classes:
+        pictures["digits_on_demand.png"] = (render.digits_on_demand(model, opts.grid_size, generator), opts.grid_size)
+    out = paths.images_dir(name)
+    shutil.rmtree(out, ignore_errors=True)
+    for filename, (images, nrow) in pictures.items():
+        render.save_grid(images, out / filename, nrow)
+    with continued_run(params, run_id):
+        mlflow.log_artifacts(str(out), artifact_path="images")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,1 @@
+"""vaelab: variational autoencoders on MNIST, driven by DVC and tracked in MLflow."""

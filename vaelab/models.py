@@ -1,0 +1,93 @@
+"""The VAE family: MLP encoder to a diagonal Gaussian q(z|x), MLP decoder to Bernoulli logits."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaelab.data import N_CLASSES, N_PIXELS
+from vaelab.errors import VaelabError
+from vaelab.params import VariantParams
+from vaelab.paths import atomic_path
+
+
+def mlp(widths: list[int]) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them (none after the last)."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """A VAE; a conditional one (CVAE) when n_classes > 0.
+
+    A CVAE sees the one-hot label concatenated to the encoder's input and to z.
+    """
+
+    def __init__(self, latent_dim: int, hidden: list[int], n_classes: int = 0):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.n_classes = n_classes
+        # one head emits mu and logvar side by side: one matrix multiply instead of two
+        self.encoder = mlp([N_PIXELS + n_classes, *hidden, 2 * latent_dim])
+        self.decoder = mlp([latent_dim + n_classes, *reversed(hidden), N_PIXELS])
+
+    @classmethod
+    def for_variant(cls, variant: VariantParams, latent_dim: int) -> "VAE":
+        return cls(latent_dim, variant.hidden, N_CLASSES if variant.conditional else 0)
+
+    def _with_label(self, inputs: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        if not self.n_classes:
+            return inputs
+        if onehot is None:
+            raise ValueError("a conditional VAE needs the one-hot label")
+        return torch.cat([inputs, onehot], dim=1)
+
+    def encode(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z|x)."""
+        mu, logvar = self.encoder(self._with_label(x, onehot)).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of p(x|z), one per pixel."""
+        return self.decoder(self._with_label(z, onehot))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Reconstruct through the posterior mean: the served model's prediction, pixels in [0, 1].
+
+        inputs: the 784 pixels, followed for a CVAE by the 10-wide one-hot label.
+        """
+        x, onehot = inputs[:, :N_PIXELS], (inputs[:, N_PIXELS:] if self.n_classes else None)
+        mu, _ = self.encode(x, onehot)
+        return torch.sigmoid(self.decode(mu, onehot))
+
+    def example_input(self, n: int = 2) -> torch.Tensor:
+        """A valid batch for forward(): what MLflow records as the model's input example."""
+        onehot = torch.eye(N_CLASSES)[torch.arange(n) % N_CLASSES]
+        return self._with_label(torch.zeros(n, N_PIXELS), onehot)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def save_trained(model: VAE, variant: VariantParams, run_id: str, path: Path) -> None:
+    """The train stage's output: weights, the shape to rebuild them into, and the MLflow run."""
+    with atomic_path(path) as tmp:
+        torch.save(
+            {"state_dict": model.state_dict(), "latent_dim": model.latent_dim, "variant": variant.model_dump(), "run_id": run_id},
+            tmp,
+        )
+
+
+def load_trained(path: Path, device: torch.device) -> tuple[VAE, str]:
+    """The model saved by the train stage, in eval mode, and the id of its MLflow run."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise VaelabError(f"no trained model at {path}; run the train stage: dvc repro") from None
+    model = VAE.for_variant(VariantParams(**saved["variant"]), saved["latent_dim"]).to(device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), saved["run_id"]

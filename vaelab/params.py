@@ -1,0 +1,105 @@
+"""The schema of params.yaml: every stage validates the whole file before doing any work."""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from vaelab.errors import VaelabError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(Strict):
+    md5: dict[str, str] = {}
+
+
+class VariantParams(Strict):
+    epochs: PositiveInt
+    hidden: list[PositiveInt] = Field(min_length=1)
+    conditional: bool = False
+    kl_warmup_epochs: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+
+
+class Variants(Strict):
+    vae: VariantParams
+    vae_deep: VariantParams
+    cvae: VariantParams
+    vae_anneal: VariantParams
+
+
+class EvaluateParams(Strict):
+    batch_size: PositiveInt = 1000
+
+
+class RenderParams(Strict):
+    n_images: PositiveInt = 8
+    grid_size: PositiveInt = 8
+    interpolation_steps: int = Field(10, ge=2)
+
+
+class MlflowParams(Strict):
+    experiment: str = Field("vaelab", min_length=1)
+
+
+class Params(Strict):
+    seed: int = Field(0, ge=0)
+    latent_dim: PositiveInt
+    batch_size: PositiveInt
+    lr: float = Field(gt=0)
+    data: DataParams = DataParams()
+    variants: Variants
+    evaluate: EvaluateParams = EvaluateParams()
+    render: RenderParams = RenderParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    def variant(self, name: str) -> VariantParams:
+        if name not in Variants.model_fields:
+            raise VaelabError(f"unknown variant '{name}'; allowed: {', '.join(Variants.model_fields)}")
+        return getattr(self.variants, name)
+
+    def run_params(self, name: str) -> dict:
+        """The flat params that shape one variant's training, as MLflow records them."""
+        return {
+            "variant": name,
+            "seed": self.seed,
+            "latent_dim": self.latent_dim,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            **self.variant(name).model_dump(),
+        }
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise VaelabError(f"{path} not found: run from the repository root") from None
+    except yaml.YAMLError as err:
+        raise VaelabError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    try:
+        # float lr may be written as an int (1); strict mode would refuse that otherwise
+        if isinstance(raw, dict) and isinstance(raw.get("lr"), int) and not isinstance(raw["lr"], bool):
+            raw["lr"] = float(raw["lr"])
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise VaelabError(f"{path}: {describe(err.errors()[0])}") from None
+
+
+def describe(error: dict) -> str:
+    """One line for the first schema error: the key, and what is allowed there."""
+    key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        parent = Params
+        for part in error["loc"][:-1]:
+            parent = parent.model_fields[part].annotation
+        return f"unknown key '{key}'; allowed here: {', '.join(parent.model_fields)}"
+    if error["type"] == "missing":
+        return f"missing key '{key}'"
+    return f"{key}: {error['msg'].lower()} (got {error['input']!r})"

@@ -1,0 +1,83 @@
+"""The training loop: batches sliced from tensors held in memory, one Adam step per batch."""
+
+import time
+
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from vaelab.data import Split
+from vaelab.elbo import elbo_terms
+from vaelab.metrics import test_elbo
+from vaelab.models import VAE
+from vaelab.params import Params, VariantParams
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def kl_weight(epoch: int, warmup_epochs: int) -> float:
+    """Weight of the KL term in epoch `epoch` (0-based): linear from 0 to 1 over `warmup_epochs`."""
+    if warmup_epochs == 0:
+        return 1.0
+    return min(1.0, epoch / warmup_epochs)
+
+
+class Trainer:
+    """One variant's training state. train_epoch() is one pass over the training set."""
+
+    def __init__(self, model: VAE, variant: VariantParams, params: Params, train: Split, test: Split):
+        self.model, self.variant, self.params = model, variant, params
+        self.train_split, self.test_split = train, test
+        self.train_onehot = train.onehot() if variant.conditional else None
+        # fused Adam: one kernel for all parameters instead of a Python loop over them
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, fused=True)
+        self.scheduler = (
+            CosineAnnealingLR(self.optimizer, T_max=variant.epochs) if variant.lr_schedule == "cosine" else None
+        )
+        # one stream for shuffling and posterior noise, so a run depends on the seed alone
+        self.generator = torch.Generator(train.images.device).manual_seed(params.seed)
+        self.epoch = 0  # epochs completed
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train_split) // self.params.batch_size)
+
+    def train_epoch(self, on_step=None) -> dict[str, float]:
+        """One epoch; returns its record: mean train loss and its parts, test ELBO, schedule, time."""
+        started = time.perf_counter()
+        beta = kl_weight(self.epoch, self.variant.kl_warmup_epochs)
+        lr = self.optimizer.param_groups[0]["lr"]
+        images, onehot = self.train_split.images, self.train_onehot
+        self.model.train()
+        # sums stay on the device: reading them every step would make each step wait on it
+        totals = torch.zeros(2, dtype=torch.float64, device=images.device)
+        order = torch.randperm(len(images), generator=self.generator, device=images.device)
+        for batch in order.split(self.params.batch_size):
+            x = images[batch]
+            rec, kl = elbo_terms(self.model, x, None if onehot is None else onehot[batch], self.generator)
+            rec, kl = rec.sum(), kl.sum()
+            loss = rec + beta * kl
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            totals += torch.stack([rec.detach(), kl.detach()])
+            if on_step:
+                on_step()
+        if self.scheduler:
+            self.scheduler.step()
+        self.epoch += 1
+        rec, kl = (totals / len(images)).tolist()
+        test = test_elbo(self.model, self.test_split, self.params.evaluate.batch_size, self.params.seed)
+        return {
+            "epoch": self.epoch,
+            "train_loss": rec + beta * kl,
+            "train_rec": rec,
+            "train_kl": kl,
+            "test_elbo": test["elbo"],
+            "test_rec": test["rec"],
+            "test_kl": test["kl"],
+            "kl_weight": beta,
+            "lr": lr,
+            "epoch_seconds": time.perf_counter() - started,
+        }
