@@ -1,0 +1,132 @@
+"""End to end: the real `dvc repro` and `dvc exp run` on a small generated mirror, checked as a user sees it."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tests.conftest import make_repo, run, small_params
+
+VARIANTS = ["vae", "vae_deep", "cvae", "vae_anneal"]
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, mirror):
+    directory, md5 = mirror
+    path = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", small_params(md5, epochs=EPOCHS))
+    run(["dvc", "repro"], path, env={"MNIST_MIRROR": str(directory)})
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(repo):
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("vaelab").experiment_id
+
+
+def runs_by_variant(store, latent_dim: int) -> dict:
+    client, experiment_id = store
+    found = client.search_runs([experiment_id], filter_string=f"params.latent_dim = '{latent_dim}'")
+    return {r.data.tags["variant"]: r for r in found}
+
+
+def test_every_variant_has_one_finished_run_with_params_and_tags(repo, store):
+    runs = runs_by_variant(store, 4)
+    assert sorted(runs) == sorted(VARIANTS)
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    for name, r in runs.items():
+        assert r.info.status == "FINISHED"
+        assert r.data.params["epochs"] == str(EPOCHS)
+        assert r.data.params["batch_size"] == "64"
+        assert r.data.params["conditional"] == str(name == "cvae")
+        assert r.data.tags["git_commit"] == head
+
+
+def test_runs_hold_step_wise_curves_and_test_metrics(store):
+    client, _ = store
+    for name, r in runs_by_variant(store, 4).items():
+        for key in ["train_loss", "train_rec", "train_kl", "test_elbo", "kl_weight", "lr", "epoch_seconds"]:
+            history = client.get_metric_history(r.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), (name, key)
+        assert r.data.metrics["test/elbo"] == pytest.approx(-(r.data.metrics["test/rec"] + r.data.metrics["test/kl"]))
+        assert r.data.metrics["test/elbo"] < 0
+        assert {f"per_class/{d}/bce" for d in range(10)} <= set(r.data.metrics)
+    anneal = runs_by_variant(store, 4)["vae_anneal"]
+    weights = [m.value for m in sorted(client.get_metric_history(anneal.info.run_id, "kl_weight"), key=lambda m: m.step)]
+    assert weights == [0.0, 1.0]
+
+
+def test_runs_hold_the_images_and_the_model(store):
+    client, experiment_id = store
+    runs = runs_by_variant(store, 4)
+    for name, r in runs.items():
+        images = {a.path for a in client.list_artifacts(r.info.run_id, "images")}
+        expected = {"images/reconstructions.png", "images/samples.png", "images/interpolation_3_to_8.png"}
+        if name == "cvae":
+            expected.add("images/digits_on_demand.png")
+        assert images == expected
+    mlflow.set_tracking_uri(client.tracking_uri)
+    models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list")
+    assert {m.source_run_id for m in models} >= {r.info.run_id for r in runs.values()}
+    served = mlflow.pyfunc.load_model(f"models:/{next(m for m in models if m.source_run_id == runs['cvae'].info.run_id).model_id}")
+    assert served.metadata.get_input_schema() is not None
+
+
+def test_metrics_files_are_what_dvc_lists(repo):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = next(iter(shown.values()))["data"]
+    for name in VARIANTS:
+        test = files[f"reports/{name}/test.json"]["data"]
+        assert set(test) == {"test", "per_class"}
+        assert set(test["per_class"]) == {str(d) for d in range(10)}
+        assert all(v["bce"] > 0 and 0 < v["mse"] < 1 for v in test["per_class"].values())
+        train = files[f"reports/{name}/train.json"]["data"]
+        assert train["train_loss"] > 0 and train["wall_seconds"] > 0
+        curves = (repo / f"reports/{name}/curves.csv").read_text().splitlines()
+        assert curves[0].startswith("epoch,train_loss,train_rec,train_kl,test_elbo")
+        assert len(curves) == EPOCHS + 1
+
+
+def test_pngs_are_rendered_for_every_variant(repo):
+    for name in VARIANTS:
+        images = repo / f"reports/{name}/images"
+        with Image.open(images / "samples.png") as grid:
+            assert grid.size == (8 * 30 + 2, 8 * 30 + 2)  # 8x8 digits of 28 px, 2 px apart
+        with Image.open(images / "reconstructions.png") as pairs:
+            assert pairs.size == (8 * 30 + 2, 2 * 30 + 2)
+        assert (images / "interpolation_3_to_8.png").exists()
+    with Image.open(repo / "reports/cvae/images/digits_on_demand.png") as digits:
+        assert digits.size == (8 * 30 + 2, 10 * 30 + 2)
+
+
+def test_nothing_changed_means_nothing_to_do(repo):
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
+
+
+def test_an_experiment_with_another_latent_dim_gets_new_runs(repo, store, mirror):
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline results"], repo)
+    run(["dvc", "exp", "run", "-n", "wide", "-S", "latent_dim=6"], repo, env={"MNIST_MIRROR": str(mirror[0])})
+
+    runs = runs_by_variant(store, 6)
+    assert sorted(runs) == sorted(VARIANTS)
+    assert all(r.info.status == "FINISHED" and r.data.tags["dvc_experiment"] == "wide" for r in runs.values())
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    assert "wide" in shown and "test.elbo" in shown
+
+
+def test_queued_experiments_land_in_the_same_store(repo, store, mirror):
+    run(["dvc", "exp", "run", "--queue", "-n", "queued", "-S", "latent_dim=5"], repo, env={"MNIST_MIRROR": "../mirror-link"})
+    (repo.parent / "mirror-link").symlink_to(mirror[0])
+    run(["dvc", "exp", "run", "--run-all"], repo, env={"MNIST_MIRROR": "../mirror-link"})
+
+    runs = runs_by_variant(store, 5)
+    assert sorted(runs) == sorted(VARIANTS)
+    client, _ = store
+    for r in runs.values():
+        assert r.info.status == "FINISHED" and r.data.tags["dvc_experiment"] == "queued"
+        assert client.list_artifacts(r.info.run_id, "images")
+    assert not (repo / ".dvc/tmp/exps").exists() or not any((repo / ".dvc/tmp/exps").rglob("mlflow.db"))
