@@ -1,4 +1,8 @@
-"""Stage train@<variant>: train one variant, record its curves, save the model, log it all to MLflow."""
+"""Stage train@<variant>: train one variant, record its curves, save the model, log it all to MLflow.
+
+A checkpoint after every epoch lets a killed run resume where it stopped, in the same MLflow run,
+as long as the params that shape training are unchanged.
+"""
 
 import math
 import sys
@@ -7,13 +11,12 @@ import mlflow
 import torch
 from tqdm import tqdm
 
-from vaelab import paths
+from vaelab import paths, tracking
 from vaelab.data import load_split
 from vaelab.errors import VaelabError, run_stage
 from vaelab.models import VAE, save_trained
 from vaelab.params import load_params
-from vaelab.tracking import training_run
-from vaelab.train import Trainer, pick_device
+from vaelab.train import CpuShare, Trainer, load_checkpoint, pick_device, save_checkpoint
 
 
 def main() -> None:
@@ -21,25 +24,45 @@ def main() -> None:
     params = load_params()
     variant = params.variant(name)
     device = pick_device()
+    cpu_share = CpuShare()
     train, test = load_split(True, device), load_split(False, device)
     if params.batch_size > len(train):
         raise VaelabError(f"batch_size {params.batch_size} is larger than the {len(train)} training images; lower it")
     torch.manual_seed(params.seed)
     model = VAE.for_variant(variant, params.latent_dim).to(device)
     trainer = Trainer(model, variant, params, train, test)
-    records = []
-    with training_run(params, name) as run, tqdm(total=variant.epochs * trainer.steps_per_epoch, desc=name, unit="batch", mininterval=1) as bar:
-        while trainer.epoch < variant.epochs:
-            record = trainer.train_epoch(on_step=bar.update)
-            if not math.isfinite(record["train_loss"]):
-                raise VaelabError(
-                    f"{name}: the training loss became {record['train_loss']} in epoch {record['epoch']}; lower lr (now {params.lr})"
+
+    fingerprint = {**params.run_params(name), "evaluate_batch_size": params.evaluate.batch_size}
+    checkpoint = load_checkpoint(paths.checkpoint_file(name))
+    if checkpoint and checkpoint["fingerprint"] != fingerprint:
+        tracking.close_abandoned_run(params, checkpoint["run_id"])
+        checkpoint = None
+    records = checkpoint["records"] if checkpoint else []
+    if checkpoint:
+        trainer.load_state_dict(checkpoint["trainer"])
+        print(f"{name}: resuming after epoch {trainer.epoch} of {variant.epochs}", file=sys.stderr)
+
+    with tracking.training_run(params, name, checkpoint and checkpoint["run_id"]) as run:
+        tracking.log_epochs(run.info.run_id, records)
+        steps = trainer.steps_per_epoch
+        with tqdm(total=variant.epochs * steps, initial=trainer.epoch * steps, desc=name, unit="batch", mininterval=1) as bar:
+            while trainer.epoch < variant.epochs:
+                bar.set_postfix(threads=cpu_share.rebalance())
+                record = trainer.train_epoch(on_step=bar.update)
+                if not math.isfinite(record["train_loss"]):
+                    raise VaelabError(
+                        f"{name}: the training loss became {record['train_loss']} in epoch {record['epoch']}; "
+                        f"lower lr (now {params.lr})"
+                    )
+                records.append(record)
+                save_checkpoint(paths.checkpoint_file(name), trainer, records, run.info.run_id, fingerprint)
+                tracking.log_epochs(run.info.run_id, records)
+                bar.write(
+                    f"{name} epoch {record['epoch']}: train loss {record['train_loss']:.2f}, "
+                    f"test ELBO {record['test_elbo']:.2f} nats"
                 )
-            records.append(record)
-            paths.write_csv(paths.curves_file(name), records)
-            mlflow.log_metrics({key: value for key, value in record.items() if key != "epoch"}, step=record["epoch"])
-            bar.set_postfix(loss=f"{record['train_loss']:.2f}", test_elbo=f"{record['test_elbo']:.2f}")
-        save_trained(model, variant, run.info.run_id, paths.model_file(name))
+
+        paths.write_csv(paths.curves_file(name), records)
         summary = {"train_loss": records[-1]["train_loss"], "wall_seconds": sum(r["epoch_seconds"] for r in records)}
         paths.write_json(paths.train_metrics_file(name), summary)
         mlflow.log_metrics({"final_train_loss": summary["train_loss"], "train_wall_seconds": summary["wall_seconds"]})
@@ -50,6 +73,7 @@ def main() -> None:
             input_example=model.example_input().numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
+        save_trained(model, variant, run.info.run_id, paths.model_file(name))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ def test_the_shipped_params_are_valid_and_hold_the_reference_settings():
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda p: p.update(latnet_dim=3), "unknown key 'latnet_dim'; allowed here: seed, latent_dim,"),
-        (lambda p: p["variants"].update(vea=p["variants"]["vae"]), "unknown key 'variants.vea'; allowed here: vae, vae_deep, cvae, vae_anneal"),
+        (lambda p: p.update(latnet_dim=3), "unknown key 'latnet_dim' (did you mean 'latent_dim'?); allowed here: seed, latent_dim,"),
+        (lambda p: p["variants"].update(vea=p["variants"].pop("vae")), "unknown key 'variants.vea' (did you mean 'vae'?); allowed here: vae, vae_deep, cvae, vae_anneal"),
         (lambda p: p.update(latent_dim=0), "latent_dim: input should be greater than 0 (got 0)"),
         (lambda p: p.update(latent_dim=-3), "latent_dim: input should be greater than 0 (got -3)"),
         (lambda p: p.update(latent_dim="twenty"), "latent_dim: input should be a valid integer (got 'twenty')"),

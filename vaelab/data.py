@@ -44,8 +44,9 @@ def fetch_mnist(root: Path, mirror: str | None, md5: dict[str, str]) -> None:
     stage could take as valid.
     """
     final = root / "MNIST"
+    for abandoned in root.glob(".MNIST.partial-*"):  # left by a fetch that was killed
+        shutil.rmtree(abandoned, ignore_errors=True)
     staging = root / f".MNIST.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     raw = staging / "raw"
     raw.mkdir(parents=True)
     try:

@@ -1,6 +1,7 @@
 """How a stage fails: one line that names the cause and what to do, no traceback unless asked."""
 
 import os
+import signal
 import sys
 
 
@@ -11,8 +12,10 @@ class VaelabError(Exception):
 def run_stage(main) -> None:
     """Run a stage's main(); turn any failure into one line on stderr and a non-zero exit.
 
-    VAELAB_DEBUG=1 shows the full traceback instead.
+    VAELAB_DEBUG=1 shows the full traceback instead. SIGTERM is handled like Ctrl-C, so that a
+    stopped stage still closes its MLflow run (as KILLED) and keeps its last checkpoint.
     """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except KeyboardInterrupt:
@@ -27,3 +30,7 @@ def run_stage(main) -> None:
             message = f"{type(err).__name__}: {' '.join(str(err).split())} (set VAELAB_DEBUG=1 for the traceback)"
         print(f"vaelab: error: {message}", file=sys.stderr)
         sys.exit(1)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -1,5 +1,6 @@
 """The schema of params.yaml: every stage validates the whole file before doing any work."""
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -89,7 +90,9 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
             raw["lr"] = float(raw["lr"])
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise VaelabError(f"{path}: {describe(err.errors()[0])}") from None
+        # a misspelt key also makes the right one missing: name the misspelling, it is the cause
+        errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise VaelabError(f"{path}: {describe(errors[0])}") from None
 
 
 def describe(error: dict) -> str:
@@ -99,7 +102,9 @@ def describe(error: dict) -> str:
         parent = Params
         for part in error["loc"][:-1]:
             parent = parent.model_fields[part].annotation
-        return f"unknown key '{key}'; allowed here: {', '.join(parent.model_fields)}"
+        guess = difflib.get_close_matches(str(error["loc"][-1]), list(parent.model_fields), n=1)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        return f"unknown key '{key}'{hint}; allowed here: {', '.join(parent.model_fields)}"
     if error["type"] == "missing":
         return f"missing key '{key}'"
     return f"{key}: {error['msg'].lower()} (got {error['input']!r})"

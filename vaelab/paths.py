@@ -15,6 +15,10 @@ def model_file(variant: str) -> Path:
     return MODELS / f"{variant}.pt"
 
 
+def checkpoint_file(variant: str) -> Path:
+    return Path("checkpoints") / f"{variant}.pt"
+
+
 def curves_file(variant: str) -> Path:
     return REPORTS / variant / "curves.csv"
 

@@ -6,7 +6,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from vaelab.params import Params
 
@@ -22,16 +24,19 @@ def use_store(experiment: str) -> None:
     MLFLOW_TRACKING_URI wins; otherwise the store is mlflow.db at the repository root with
     artifacts in mlruns/ beside it, which is what `mlflow ui` started there shows. Both paths
     are absolute, so runs of queued experiments outlive DVC's temporary copies.
+
+    Parallel experiments share that SQLite file: writers wait for each other up to a minute
+    instead of failing with "database is locked", and a file lock lets one process at a time
+    create or migrate the schema and the experiment.
     """
     custom_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    root = repo_root()
-    mlflow.set_tracking_uri(custom_uri or f"sqlite:///{root / 'mlflow.db'}")
-    if mlflow.get_experiment_by_name(experiment) is None:
-        try:
-            mlflow.create_experiment(experiment, artifact_location=None if custom_uri else (root / "mlruns").as_uri())
-        except MlflowException:
-            pass  # another process created it first
-    mlflow.set_experiment(experiment)
+    database = repo_root() / "mlflow.db"
+    mlflow.set_tracking_uri(custom_uri or f"sqlite:///{database}?timeout=60")
+    with FileLock(f"{database}.lock"):
+        if mlflow.get_experiment_by_name(experiment) is None:
+            artifacts = None if custom_uri else (database.parent / "mlruns").as_uri()
+            mlflow.create_experiment(experiment, artifact_location=artifacts)
+        mlflow.set_experiment(experiment)
 
 
 def _git_commit() -> str:
@@ -40,9 +45,16 @@ def _git_commit() -> str:
 
 
 @contextmanager
-def training_run(params: Params, variant: str):
-    """Open the variant's new run with its params and tags; it ends FINISHED, or FAILED on error."""
+def training_run(params: Params, variant: str, resume_run_id: str | None = None):
+    """The variant's run: a new one with its params and tags, or the interrupted one to resume.
+
+    It ends FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED on any other error.
+    """
     use_store(params.mlflow.experiment)
+    if resume_run_id:
+        with _run(run_id=resume_run_id) as run:
+            yield run
+        return
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
     tags = {"variant": variant, "git_commit": _git_commit()}
     if dvc_experiment:
@@ -52,6 +64,29 @@ def training_run(params: Params, variant: str):
     with _run(run_name=name, tags=tags) as run:
         mlflow.log_params(params.run_params(variant))
         yield run
+
+
+def log_epochs(run_id: str, records: list[dict]) -> None:
+    """Log the epochs of `records` that the run does not have yet, each at its epoch as step.
+
+    After a crash between a checkpoint and its MLflow call, this fills the gap without
+    logging any epoch twice.
+    """
+    logged = {m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")}
+    for record in records:
+        if record["epoch"] not in logged:
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+
+
+def close_abandoned_run(params: Params, run_id: str) -> None:
+    """Mark KILLED a run whose process died (SIGKILL) and whose checkpoint is not resumed."""
+    use_store(params.mlflow.experiment)
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+    except MlflowException:
+        pass  # the run is in another store or was deleted: nothing to close
 
 
 @contextmanager
