@@ -4,8 +4,12 @@ import torch
 import torch.nn.functional as F
 
 from vaelab.data import N_CLASSES, Split
-from vaelab.elbo import bernoulli_nll, elbo_terms
+from vaelab.elbo import bernoulli_nll, elbo_terms, gaussian_kl, iwae_bound
+from vaelab.judge import Judge, classify
 from vaelab.models import VAE
+from vaelab.render import digits_on_demand, prior_samples
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Var over x of E_q[z_d|x] above this
 
 
 def _batches(split: Split, conditional: bool, batch_size: int):
@@ -51,3 +55,74 @@ def per_class_reconstruction(model: VAE, split: Split, batch_size: int) -> dict[
         str(digit): {"bce": float(bce[digit] / counts[digit]), "mse": float(mse[digit] / counts[digit])}
         for digit in range(N_CLASSES)
     }
+
+
+@torch.inference_mode()
+def test_iwae(model: VAE, split: Split, k: int, batch_size: int, seed: int) -> float:
+    """The mean importance-weighted bound on log p(x) over the split, k samples per image, from a fixed seed."""
+    model.eval()
+    generator = torch.Generator(split.images.device).manual_seed(seed)
+    total = 0.0
+    for x, _, onehot in _batches(split, model.n_classes > 0, batch_size):
+        total += iwae_bound(model, x, onehot, k, generator).sum()
+    return float(total) / len(split)
+
+
+@torch.inference_mode()
+def posterior_means(model: VAE, split: Split, batch_size: int) -> torch.Tensor:
+    """E_q[z|x] of every image of the split, (N, latent_dim)."""
+    model.eval()
+    return torch.cat([model.encode(x, onehot)[0] for x, _, onehot in _batches(split, model.n_classes > 0, batch_size)])
+
+
+def latent_activity(means: torch.Tensor) -> torch.Tensor:
+    """Per latent dimension, the variance over the images of E_q[z_d|x]: near 0 for a dimension the encoder ignores."""
+    return means.var(dim=0)
+
+
+def active_units(means: torch.Tensor) -> int:
+    return int((latent_activity(means) > ACTIVE_UNIT_THRESHOLD).sum())
+
+
+@torch.inference_mode()
+def kl_per_dimension(model: VAE, split: Split, batch_size: int) -> torch.Tensor:
+    """Mean KL(q(z_d|x) || N(0, 1)) over the split for each latent dimension d, in nats; they sum to the KL term."""
+    model.eval()
+    total = torch.zeros(model.latent_dim, dtype=torch.float64, device=split.images.device)
+    for x, _, onehot in _batches(split, model.n_classes > 0, batch_size):
+        mu, logvar = model.encode(x, onehot)
+        # each dimension of a diagonal Gaussian is a one-dimensional Gaussian of its own
+        total += gaussian_kl(mu.reshape(-1, 1), logvar.reshape(-1, 1)).view_as(mu).sum(dim=0, dtype=torch.float64)
+    return total / len(split)
+
+
+def class_shares(digits: torch.Tensor) -> torch.Tensor:
+    """The share of each of the ten digits among the given labels."""
+    return torch.bincount(digits, minlength=N_CLASSES).double() / len(digits)
+
+
+def entropy_bits(shares: torch.Tensor) -> float:
+    """Entropy of a distribution over the digits, in bits: log2(10) = 3.32 when all ten are equally common."""
+    present = shares[shares > 0]
+    return float(-(present * present.log2()).sum())
+
+
+def judged_prior_samples(model: VAE, judge: Judge, n: int, generator: torch.Generator) -> dict:
+    """What the judge reads in n mean images of p(x|z), z from the prior: the share of each digit and its entropy.
+
+    A CVAE draws the ten labels in turn, so its histogram also reflects how well it obeys them.
+    """
+    shares = class_shares(classify(judge, prior_samples(model, n, generator).to(_device(judge))))
+    return {"shares": {str(d): float(shares[d]) for d in range(N_CLASSES)}, "entropy_bits": entropy_bits(shares)}
+
+
+def conditional_accuracy(model: VAE, judge: Judge, per_digit: int, generator: torch.Generator) -> dict:
+    """A CVAE asked for each digit per_digit times: the share the judge reads as the digit asked for."""
+    asked = torch.arange(N_CLASSES, device=_device(judge)).repeat_interleave(per_digit)
+    correct = (classify(judge, digits_on_demand(model, per_digit, generator).to(asked.device)) == asked).double()
+    per_class = correct.view(N_CLASSES, per_digit).mean(dim=1)
+    return {"overall": float(correct.mean()), "per_digit": {str(d): float(per_class[d]) for d in range(N_CLASSES)}}
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device

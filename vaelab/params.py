@@ -45,6 +45,26 @@ class RenderParams(Strict):
     interpolation_steps: int = Field(10, ge=2)
 
 
+class JudgeParams(Strict):
+    epochs: PositiveInt = 4
+    batch_size: PositiveInt = 128
+    lr: float = Field(0.002, gt=0)
+    channels: list[PositiveInt] = Field([16, 32], min_length=1, max_length=4)
+    hidden: PositiveInt = 128
+
+
+class AssessParams(Strict):
+    iwae_k: PositiveInt = 64
+    samples_per_digit: PositiveInt = 1000
+    prior_samples: PositiveInt = 10000
+
+
+class TraversalParams(Strict):
+    dims: PositiveInt = 8
+    steps: int = Field(9, ge=2)
+    span: float = Field(3.0, gt=0)
+
+
 class MlflowParams(Strict):
     experiment: str = Field("vaelab", min_length=1)
 
@@ -58,6 +78,9 @@ class Params(Strict):
     variants: Variants
     evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()
+    judge: JudgeParams = JudgeParams()
+    assess: AssessParams = AssessParams()
+    traversal: TraversalParams = TraversalParams()
     mlflow: MlflowParams = MlflowParams()
 
     def variant(self, name: str) -> VariantParams:

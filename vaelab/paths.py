@@ -35,6 +35,30 @@ def images_dir(variant: str) -> Path:
     return REPORTS / variant / "images"
 
 
+def assess_metrics_file(variant: str) -> Path:
+    return REPORTS / variant / "assess.json"
+
+
+def kl_per_dim_file(variant: str) -> Path:
+    return REPORTS / variant / "kl_per_dim.csv"
+
+
+def judge_model_file() -> Path:
+    return MODELS / "judge.pt"
+
+
+def judge_metrics_file() -> Path:
+    return REPORTS / "judge" / "metrics.json"
+
+
+def report_file() -> Path:
+    return REPORTS / "README.md"
+
+
+def report_figures_dir() -> Path:
+    return REPORTS / "figures"
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds.

@@ -1,9 +1,10 @@
-"""Pictures of what a model learned, as (N, 1, 28, 28) images in [0, 1] laid out by make_grid."""
+"""Pictures of what a model learned: (N, 1, 28, 28) images in [0, 1] laid out by make_grid, and matplotlib figures."""
 
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 from vaelab.data import N_CLASSES, Split
@@ -64,3 +65,38 @@ def interpolation(model: VAE, test: Split, start_digit: int, end_digit: int, ste
     z = (1 - t) * mu[0] + t * mu[1]
     path_onehot = None if onehot is None else (1 - t) * onehot[0] + t * onehot[1]
     return _as_images(torch.sigmoid(model.decode(z, path_onehot)))
+
+
+@torch.inference_mode()
+def traversals(model: VAE, test: Split, dims: list[int], steps: int, span: float) -> torch.Tensor:
+    """One row per latent dimension: the first test digit's posterior mean with that coordinate
+    swept from -span to +span (prior standard deviations), all other coordinates held."""
+    x, onehot = test.images[:1], _onehot(test.labels[:1], model)
+    mu, _ = model.encode(x, onehot)
+    z = mu.repeat(len(dims), steps, 1)  # (rows, steps, latent_dim)
+    for row, dim in enumerate(dims):
+        z[row, :, dim] = torch.linspace(-span, span, steps, device=z.device)
+    z = z.flatten(0, 1)
+    return _as_images(torch.sigmoid(model.decode(z, None if onehot is None else onehot.expand(len(z), -1))))
+
+
+def latent_map(means: torch.Tensor, labels: torch.Tensor, path: Path, title: str) -> None:
+    """Scatter of the posterior means in 2-D, coloured by digit: the first two principal components
+    when latent_dim > 2, the coordinates themselves otherwise."""
+    means = means.double().cpu()
+    if means.shape[1] > 2:
+        centred = means - means.mean(dim=0)
+        _, singular, directions = torch.linalg.svd(centred, full_matrices=False)
+        coords = centred @ directions[:2].T
+        explained = singular.square() / singular.square().sum()
+        axes_names = [f"PC{i + 1} ({explained[i]:.0%} of the variance)" for i in range(2)]
+    else:
+        coords = torch.cat([means, torch.zeros(len(means), 2 - means.shape[1], dtype=means.dtype)], dim=1)
+        axes_names = ["z1", "z2" if means.shape[1] == 2 else "(latent_dim is 1)"]
+    figure = Figure(figsize=(6.4, 5.6), layout="constrained")
+    axes = figure.subplots()
+    points = axes.scatter(coords[:, 0], coords[:, 1], c=labels.cpu(), cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.6, linewidths=0)
+    figure.colorbar(points, ax=axes, ticks=range(N_CLASSES), label="digit")
+    axes.set(xlabel=axes_names[0], ylabel=axes_names[1], title=title)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110)
