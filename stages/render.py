@@ -1,4 +1,5 @@
-"""Stage render@<variant>: PNGs of reconstructions, prior samples, interpolations (and digits on demand)."""
+"""Stage render@<variant>: PNGs of reconstructions, prior samples, interpolations, latent traversals,
+the latent map of the test set (and digits on demand)."""
 
 import shutil
 import sys
@@ -9,6 +10,7 @@ import torch
 from vaelab import paths, render
 from vaelab.data import load_split
 from vaelab.errors import run_stage
+from vaelab.metrics import latent_activity, posterior_means
 from vaelab.models import load_trained
 from vaelab.params import load_params
 from vaelab.tracking import continued_run
@@ -31,10 +33,15 @@ def main() -> None:
     }
     if model.n_classes:
         pictures["digits_on_demand.png"] = (render.digits_on_demand(model, opts.grid_size, generator), opts.grid_size)
+    means = posterior_means(model, test, params.evaluate.batch_size)
+    traversal = params.traversal
+    most_active = latent_activity(means).argsort(descending=True)[: traversal.dims].tolist()
+    pictures["traversals.png"] = (render.traversals(model, test, most_active, traversal.steps, traversal.span), traversal.steps)
     out = paths.images_dir(name)
     shutil.rmtree(out, ignore_errors=True)
     for filename, (images, nrow) in pictures.items():
         render.save_grid(images, out / filename, nrow)
+    render.latent_map(means, test.labels, out / "latent_map.png", f"{name}: posterior means of the {len(test)} test digits")
     with continued_run(params, run_id):
         mlflow.log_artifacts(str(out), artifact_path="images")
 

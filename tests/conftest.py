@@ -65,6 +65,9 @@ def small_params(md5: dict[str, str], epochs: int = 1) -> dict:
         variant["epochs"] = epochs
         variant["kl_warmup_epochs"] = min(variant["kl_warmup_epochs"], 1)
         variant["hidden"] = [32] * len(variant["hidden"])
+    params["judge"].update(epochs=2, batch_size=32, lr=0.01, channels=[8, 16], hidden=32, max_shift=0)
+    params["assess"].update(iwae_k=8, samples_per_digit=20, prior_samples=200)
+    params["traversal"]["dims"] = 3
     return params
 
 

@@ -64,7 +64,10 @@ def test_runs_hold_the_images_and_the_model(store):
     runs = runs_by_variant(store, 4)
     for name, r in runs.items():
         images = {a.path for a in client.list_artifacts(r.info.run_id, "images")}
-        expected = {"images/reconstructions.png", "images/samples.png", "images/interpolation_3_to_8.png"}
+        expected = {
+            f"images/{picture}.png"
+            for picture in ["reconstructions", "samples", "interpolation_3_to_8", "traversals", "latent_map"]
+        }
         if name == "cvae":
             expected.add("images/digits_on_demand.png")
         assert images == expected
@@ -102,6 +105,59 @@ def test_pngs_are_rendered_for_every_variant(repo):
         assert digits.size == (8 * 30 + 2, 10 * 30 + 2)
 
 
+def test_the_judge_is_trained_and_tracked_in_its_own_run(repo, store):
+    metrics = json.loads((repo / "reports/judge/metrics.json").read_text())
+    assert 0.5 < metrics["test_accuracy"] <= 1 and metrics["n_parameters"] > 0
+    client, experiment_id = store
+    (judge,) = client.search_runs([experiment_id], filter_string="tags.variant = 'judge'")
+    assert judge.info.status == "FINISHED"
+    assert judge.data.metrics["test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_assessments_are_in_the_metrics_files_and_the_runs(repo, store):
+    client, _ = store
+    runs = runs_by_variant(store, 4)
+    for name in VARIANTS:
+        assess = json.loads((repo / f"reports/{name}/assess.json").read_text())
+        test = json.loads((repo / f"reports/{name}/test.json").read_text())["test"]
+        assert assess["iwae"]["k"] == 8 and assess["iwae"]["bound"] < 0
+        assert 0 <= assess["active_units"] <= assess["latent_dim"] == 4
+        assert sum(assess["kl_per_dim"].values()) == pytest.approx(test["kl"], rel=1e-4)
+        assert sum(assess["prior_samples"]["shares"].values()) == pytest.approx(1)
+        assert ("conditional_accuracy" in assess) == (name == "cvae")
+        kl_rows = (repo / f"reports/{name}/kl_per_dim.csv").read_text().splitlines()
+        assert kl_rows[0] == "dim,kl" and len(kl_rows) == 5
+        logged = runs[name].data.metrics
+        assert logged["assess/iwae/bound"] == assess["iwae"]["bound"]
+        assert logged["assess/active_units"] == assess["active_units"]
+        report = {a.path for a in client.list_artifacts(runs[name].info.run_id, "report")}
+        assert "report/README.md" in report
+        figures = {a.path for a in client.list_artifacts(runs[name].info.run_id, "report/figures")}
+        assert figures == {f"report/figures/{f}.png" for f in ["learning_curves", "kl_per_dim", "prior_classes"]}
+    cvae = json.loads((repo / "reports/cvae/assess.json").read_text())["conditional_accuracy"]
+    assert runs["cvae"].data.metrics["assess/conditional_accuracy/overall"] == cvae["overall"]
+
+
+def test_the_report_shows_the_numbers_of_the_metrics_files(repo):
+    report = (repo / "reports/README.md").read_text()
+    summary = report.split("## Every variant")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in summary.splitlines() if line.startswith("| `")}
+    for name in VARIANTS:
+        assess = json.loads((repo / f"reports/{name}/assess.json").read_text())
+        test = json.loads((repo / f"reports/{name}/test.json").read_text())["test"]
+        train = json.loads((repo / f"reports/{name}/train.json").read_text())
+        row = rows[name]
+        assert row[1] == str(EPOCHS)
+        assert row[2] == f"{assess['n_parameters']:,}"
+        assert row[3] == f"{train['wall_seconds']:.0f} s"
+        assert row[4:8] == [f"{test['elbo']:.2f}", f"{assess['iwae']['bound']:.2f}", f"{test['rec']:.2f}", f"{test['kl']:.2f}"]
+        assert row[8] == f"{assess['active_units']} of 4"
+    judge = json.loads((repo / "reports/judge/metrics.json").read_text())
+    assert f"{100 * judge['test_accuracy']:.1f}%" in report
+    for figure in ["figures/learning_curves.png", "figures/kl_per_dim.png", "figures/prior_classes.png", "cvae/images/digits_on_demand.png"]:
+        assert f"({figure})" in report and (repo / "reports" / figure).exists()
+
+
 def test_nothing_changed_means_nothing_to_do(repo):
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
 
@@ -130,3 +186,4 @@ def test_queued_experiments_land_in_the_same_store(repo, store, mirror):
         assert r.info.status == "FINISHED" and r.data.tags["dvc_experiment"] == "queued"
         assert client.list_artifacts(r.info.run_id, "images")
     assert not (repo / ".dvc/tmp/exps").exists() or not any((repo / ".dvc/tmp/exps").rglob("mlflow.db"))
+

@@ -46,15 +46,16 @@ class RenderParams(Strict):
 
 
 class JudgeParams(Strict):
-    epochs: PositiveInt = 4
+    epochs: PositiveInt = 10
     batch_size: PositiveInt = 128
     lr: float = Field(0.002, gt=0)
-    channels: list[PositiveInt] = Field([16, 32], min_length=1, max_length=4)
+    channels: list[PositiveInt] = Field([32, 64], min_length=1, max_length=4)
     hidden: PositiveInt = 128
+    max_shift: int = Field(2, ge=0, le=4)
 
 
 class AssessParams(Strict):
-    iwae_k: PositiveInt = 64
+    iwae_k: PositiveInt = 100
     samples_per_digit: PositiveInt = 1000
     prior_samples: PositiveInt = 10000
 

@@ -1,0 +1,53 @@
+"""Stage assess@<variant>: likelihood bound, latent usage, and what the judge reads in the samples."""
+
+import sys
+import time
+
+import mlflow
+import torch
+
+from vaelab import metrics, paths
+from vaelab.data import load_split
+from vaelab.errors import run_stage
+from vaelab.judge import load_judge
+from vaelab.models import load_trained
+from vaelab.params import load_params
+from vaelab.tracking import continued_run, log_flat_metrics
+from vaelab.train import pick_device
+
+
+def main() -> None:
+    name = sys.argv[1]
+    params = load_params()
+    params.variant(name)
+    opts = params.assess
+    device = pick_device()
+    model, run_id = load_trained(paths.model_file(name), device)
+    judge = load_judge(paths.judge_model_file(), device)
+    test = load_split(False, device)
+    batch_size = params.evaluate.batch_size
+
+    started = time.perf_counter()
+    iwae = metrics.test_iwae(model, test, opts.iwae_k, batch_size, params.seed)
+    iwae_seconds = time.perf_counter() - started
+    kl = metrics.kl_per_dimension(model, test, batch_size)
+    generator = torch.Generator(device).manual_seed(params.seed)
+    results = {
+        "iwae": {"k": opts.iwae_k, "bound": iwae, "wall_seconds": iwae_seconds},
+        "active_units": metrics.active_units(metrics.posterior_means(model, test, batch_size)),
+        "latent_dim": model.latent_dim,
+        "n_parameters": model.n_parameters(),
+        "kl_per_dim": {str(d): float(v) for d, v in enumerate(kl)},
+        "prior_samples": metrics.judged_prior_samples(model, judge, opts.prior_samples, generator),
+    }
+    if model.n_classes:
+        results["conditional_accuracy"] = metrics.conditional_accuracy(model, judge, opts.samples_per_digit, generator)
+    paths.write_json(paths.assess_metrics_file(name), results)
+    paths.write_csv(paths.kl_per_dim_file(name), [{"dim": d, "kl": float(v)} for d, v in enumerate(kl)])
+    with continued_run(params, run_id):
+        log_flat_metrics(results, prefix="assess")
+        mlflow.log_artifact(str(paths.kl_per_dim_file(name)))
+
+
+if __name__ == "__main__":
+    run_stage(main)

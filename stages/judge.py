@@ -1,0 +1,44 @@
+"""Stage judge: train the digit classifier that reads the VAEs' samples, and report its test accuracy."""
+
+import mlflow
+import torch
+from tqdm import tqdm
+
+from vaelab import paths
+from vaelab.data import load_split
+from vaelab.errors import VaelabError, run_stage
+from vaelab.judge import Judge, accuracy, save_judge, train_judge
+from vaelab.params import load_params
+from vaelab.tracking import use_store
+from vaelab.train import pick_device
+
+
+def main() -> None:
+    params = load_params()
+    opts = params.judge
+    device = pick_device()
+    train, test = load_split(True, device), load_split(False, device)
+    if opts.batch_size > len(train):
+        raise VaelabError(f"judge.batch_size {opts.batch_size} is larger than the {len(train)} training images; lower it")
+    torch.manual_seed(params.seed)
+    judge = Judge(opts.channels, opts.hidden).to(device)
+    steps = opts.epochs * -(-len(train) // opts.batch_size)
+    use_store(params.mlflow.experiment)
+    with mlflow.start_run(run_name="judge", tags={"variant": "judge"}), tqdm(total=steps, desc="judge", unit="batch", mininterval=1) as bar:
+        mlflow.log_params({"seed": params.seed, **opts.model_dump()})
+        records = train_judge(judge, opts, train, params.seed, on_step=bar.update)
+        for record in records:
+            mlflow.log_metrics({"train_loss": record["train_loss"], "epoch_seconds": record["epoch_seconds"]}, step=record["epoch"])
+        metrics = {
+            "test_accuracy": accuracy(judge, test),
+            "wall_seconds": sum(r["epoch_seconds"] for r in records),
+            "n_parameters": sum(p.numel() for p in judge.parameters()),
+        }
+        save_judge(judge, paths.judge_model_file())
+        paths.write_json(paths.judge_metrics_file(), metrics)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(paths.judge_model_file()))
+
+
+if __name__ == "__main__":
+    run_stage(main)

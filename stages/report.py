@@ -1,0 +1,34 @@
+"""Stage report: reports/README.md and its figures, comparing every variant; logged to each variant's run."""
+
+import mlflow
+
+from vaelab import paths, report
+from vaelab.errors import run_stage
+from vaelab.models import load_trained
+from vaelab.params import Variants, load_params
+from vaelab.tracking import continued_run
+from vaelab.train import pick_device
+
+
+def main() -> None:
+    params = load_params()
+    results = [report.VariantResults.read(name) for name in Variants.model_fields]
+    judge = report.read_json(paths.judge_metrics_file())
+    out = paths.report_figures_dir()
+    figures = {name: out / f"{name}.png" for name in ["learning_curves", "kl_per_dim", "prior_classes"]}
+    report.learning_curves(results, figures["learning_curves"])
+    report.kl_per_dim(results, figures["kl_per_dim"])
+    report.prior_classes(results, figures["prior_classes"])
+    readme = paths.report_file()
+    links = {name: str(path.relative_to(readme.parent)) for name, path in figures.items()}
+    with paths.atomic_path(readme) as tmp:
+        tmp.write_text(report.markdown(results, judge, links))
+    for name in Variants.model_fields:
+        _, run_id = load_trained(paths.model_file(name), pick_device())
+        with continued_run(params, run_id):
+            mlflow.log_artifact(str(readme), artifact_path="report")
+            mlflow.log_artifacts(str(out), artifact_path="report/figures")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,184 @@
+"""The comparison report: every variant side by side, each figure read from the run's metrics files."""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from vaelab import paths
+from vaelab.data import N_CLASSES
+from vaelab.paths import atomic_path
+
+DIGITS = [str(d) for d in range(N_CLASSES)]
+
+
+@dataclass(frozen=True)
+class VariantResults:
+    """What the train, evaluate and assess stages wrote for one variant."""
+
+    name: str
+    train: dict
+    test: dict
+    assess: dict
+    curves: pd.DataFrame
+    kl_per_dim: pd.DataFrame
+
+    @classmethod
+    def read(cls, name: str) -> "VariantResults":
+        return cls(
+            name,
+            read_json(paths.train_metrics_file(name)),
+            read_json(paths.test_metrics_file(name)),
+            read_json(paths.assess_metrics_file(name)),
+            pd.read_csv(paths.curves_file(name)),
+            pd.read_csv(paths.kl_per_dim_file(name)),
+        )
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _save(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110)
+
+
+def learning_curves(results: list[VariantResults], path: Path) -> None:
+    """Mean train loss and test ELBO per epoch, every variant on the same axes."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_axes, elbo_axes = figure.subplots(1, 2)
+    for variant in results:
+        loss_axes.plot(variant.curves["epoch"], variant.curves["train_loss"], marker=".", label=variant.name)
+        elbo_axes.plot(variant.curves["epoch"], variant.curves["test_elbo"], marker=".", label=variant.name)
+    loss_axes.set(xlabel="epoch", ylabel="nats per image", title="Mean train loss (KL weighted as in training)")
+    elbo_axes.set(xlabel="epoch", ylabel="nats per image", title="Test ELBO")
+    # the first epochs are far off the rest; the tail is where the variants differ
+    final = [v.curves["test_elbo"].iloc[-1] for v in results]
+    elbo_axes.set_ylim(min(final) - 15, max(final) + 5)
+    loss_axes.set_ylim(min(v.curves["train_loss"].min() for v in results) - 5, -min(final) + 20)
+    for axes in (loss_axes, elbo_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    _save(figure, path)
+
+
+def kl_per_dim(results: list[VariantResults], path: Path) -> None:
+    """Each variant's KL per latent dimension, sorted from the largest: how many dimensions carry information."""
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(results)
+    for i, variant in enumerate(results):
+        kl = variant.kl_per_dim["kl"].sort_values(ascending=False).to_numpy()
+        axes.bar([rank + i * width for rank in range(len(kl))], kl, width, label=variant.name)
+    axes.set(xlabel="latent dimensions, sorted by KL", ylabel="KL (nats per image)", title="KL per latent dimension on the test set")
+    axes.set_xticks([])
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend()
+    _save(figure, path)
+
+
+def prior_classes(results: list[VariantResults], path: Path) -> None:
+    """Share of each digit the judge reads in samples from the prior, per variant."""
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(results)
+    for i, variant in enumerate(results):
+        shares = variant.assess["prior_samples"]["shares"]
+        axes.bar([d + i * width for d in range(N_CLASSES)], [shares[d] for d in DIGITS], width, label=variant.name)
+    axes.axhline(1 / N_CLASSES, color="grey", linestyle="--", linewidth=1, label="uniform")
+    axes.set_xticks([d + 0.4 - width / 2 for d in range(N_CLASSES)], DIGITS)
+    axes.set(xlabel="digit read by the judge", ylabel="share of the samples", title="What samples from the prior look like to the judge")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend()
+    _save(figure, path)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f}%"
+
+
+def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]) -> str:
+    """reports/README.md: tables of every variant and links to the figures, relative to reports/."""
+    ks = ", ".join(sorted({str(v.assess["iwae"]["k"]) for v in results}))
+    summary = _table(
+        ["variant", "epochs", "parameters", "training time", "test ELBO", f"IWAE bound (k={ks})", "reconstruction", "KL",
+         "active units", "digit entropy of prior samples", "conditional accuracy"],
+        [
+            [
+                f"`{v.name}`",
+                str(len(v.curves)),
+                f"{v.assess['n_parameters']:,}",
+                f"{v.train['wall_seconds']:.0f} s",
+                f"{v.test['test']['elbo']:.2f}",
+                f"{v.assess['iwae']['bound']:.2f}",
+                f"{v.test['test']['rec']:.2f}",
+                f"{v.test['test']['kl']:.2f}",
+                f"{v.assess['active_units']} of {v.assess['latent_dim']}",
+                f"{v.assess['prior_samples']['entropy_bits']:.2f} bits",
+                _percent(v.assess["conditional_accuracy"]["overall"]) if "conditional_accuracy" in v.assess else "—",
+            ]
+            for v in results
+        ],
+    )
+    per_class = _table(
+        ["variant", *DIGITS],
+        [[f"`{v.name}`", *(f"{v.test['per_class'][d]['bce']:.1f}" for d in DIGITS)] for v in results],
+    )
+    prior = _table(
+        ["variant", *DIGITS],
+        [[f"`{v.name}`", *(_percent(v.assess["prior_samples"]["shares"][d]) for d in DIGITS)] for v in results],
+    )
+    conditional = [v for v in results if "conditional_accuracy" in v.assess]
+    sections = [
+        "# vaelab: comparison of the variants",
+        "Written by the pipeline's `report` stage from the metrics files of the same run (`reports/<variant>/*.json`, "
+        "`curves.csv`, `reports/judge/metrics.json`); regenerate it with `dvc repro`, do not edit it.",
+        "ELBOs, bounds, reconstruction and KL are in nats per test image (higher ELBO and bound are better). Pixels are "
+        "grey levels under a Bernoulli likelihood, which is not a normalised likelihood: do not compare these figures "
+        "with published binarised-MNIST log-likelihoods.",
+        "## Every variant",
+        summary,
+        f"The IWAE bound (Burda et al., 2015) uses k importance samples per test image; k = 1 is the ELBO. An active "
+        f"unit is a latent dimension whose posterior mean varies over the test set (variance above 0.01). The judge, a "
+        f"small CNN trained by the `judge` stage, reads {_percent(judge['test_accuracy'])} of the MNIST test digits "
+        f"correctly; it reads the samples below. The digit entropy of samples from the prior is log2(10) = {math.log2(N_CLASSES):.2f} bits "
+        f"when all ten digits are equally common. Conditional accuracy: the share of digits generated on demand that the judge "
+        f"reads as the digit asked for.",
+        "## Reconstruction error per digit",
+        "BCE in nats per test image, decoding the posterior mean.",
+        per_class,
+        "## Digits the judge reads in samples from the prior",
+        prior,
+        f"![digits of prior samples]({figures['prior_classes']})",
+    ]
+    if conditional:
+        sections += [
+            "## Conditional accuracy per digit asked for",
+            _table(["variant", *DIGITS], [[f"`{v.name}`", *(_percent(v.assess["conditional_accuracy"]["per_digit"][d]) for d in DIGITS)] for v in conditional]),
+        ]
+    sections += [
+        "## Learning curves",
+        f"![learning curves]({figures['learning_curves']})",
+        "## Latent usage",
+        f"![KL per latent dimension]({figures['kl_per_dim']})",
+        "## Pictures of each variant",
+        "Samples from the prior; latent traversals (one row per most active dimension, most active first, swept over "
+        "`traversal.span` prior standard deviations either side of the first test digit's posterior mean); the test "
+        "set's posterior means in 2-D; test digits above their reconstructions.",
+    ]
+    for v in results:
+        images = f"{v.name}/images"
+        pictures = ["samples", "traversals", "latent_map", "reconstructions"]
+        if "conditional_accuracy" in v.assess:
+            pictures.append("digits_on_demand")
+        sections += [f"### `{v.name}`", " ".join(f"![{p}]({images}/{p}.png)" for p in pictures)]
+    return "\n\n".join(sections) + "\n"
