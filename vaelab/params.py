@@ -46,7 +46,7 @@ class RenderParams(Strict):
 
 
 class JudgeParams(Strict):
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 8
     batch_size: PositiveInt = 128
     lr: float = Field(0.002, gt=0)
     channels: list[PositiveInt] = Field([32, 64], min_length=1, max_length=4)
