@@ -9,8 +9,8 @@ from vaelab.data import load_split
 from vaelab.errors import VaelabError, run_stage
 from vaelab.judge import Judge, accuracy, save_judge, train_judge
 from vaelab.params import load_params
-from vaelab.tracking import use_store
-from vaelab.train import pick_device
+from vaelab.tracking import training_run
+from vaelab.train import CpuShare, pick_device
 
 
 def main() -> None:
@@ -23,9 +23,10 @@ def main() -> None:
     torch.manual_seed(params.seed)
     judge = Judge(opts.channels, opts.hidden).to(device)
     steps = opts.epochs * -(-len(train) // opts.batch_size)
-    use_store(params.mlflow.experiment)
-    with mlflow.start_run(run_name="judge", tags={"variant": "judge"}), tqdm(total=steps, desc="judge", unit="batch", mininterval=1) as bar:
-        mlflow.log_params({"seed": params.seed, **opts.model_dump()})
+    cpu_share = CpuShare()  # held for the whole stage, so parallel trainings count this one
+    cpu_share.rebalance()
+    run_params = {"seed": params.seed, **opts.model_dump()}
+    with training_run(params, "judge", run_params), tqdm(total=steps, desc="judge", unit="batch", mininterval=1) as bar:
         records = train_judge(judge, opts, train, params.seed, on_step=bar.update)
         for record in records:
             mlflow.log_metrics({"train_loss": record["train_loss"], "epoch_seconds": record["epoch_seconds"]}, step=record["epoch"])

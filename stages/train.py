@@ -42,7 +42,7 @@ def main() -> None:
         trainer.load_state_dict(checkpoint["trainer"])
         print(f"{name}: resuming after epoch {trainer.epoch} of {variant.epochs}", file=sys.stderr)
 
-    with tracking.training_run(params, name, checkpoint and checkpoint["run_id"]) as run:
+    with tracking.training_run(params, name, params.run_params(name), checkpoint and checkpoint["run_id"]) as run:
         tracking.log_epochs(run.info.run_id, records)
         steps = trainer.steps_per_epoch
         with tqdm(total=variant.epochs * steps, initial=trainer.epoch * steps, desc=name, unit="batch", mininterval=1) as bar:

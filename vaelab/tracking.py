@@ -45,8 +45,8 @@ def _git_commit() -> str:
 
 
 @contextmanager
-def training_run(params: Params, variant: str, resume_run_id: str | None = None):
-    """The variant's run: a new one with its params and tags, or the interrupted one to resume.
+def training_run(params: Params, variant: str, run_params: dict, resume_run_id: str | None = None):
+    """A trained model's run: a new one with its params and tags, or the interrupted one to resume.
 
     It ends FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED on any other error.
     """
@@ -62,7 +62,7 @@ def training_run(params: Params, variant: str, resume_run_id: str | None = None)
         tags["dvc_baseline_rev"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
     name = f"{variant} {dvc_experiment}" if dvc_experiment else variant
     with _run(run_name=name, tags=tags) as run:
-        mlflow.log_params(params.run_params(variant))
+        mlflow.log_params(run_params)
         yield run
 
 
