@@ -46,14 +46,13 @@ from torch.profiler import ProfilerActivity, profile
 
 import vaelab.elbo
 from bench import reference
-from vaelab.data import Split, fetch_mnist, load_split
+from vaelab.data import Split, fetch_mnist, load_split, mirror_from_env
 from vaelab.metrics import test_elbo
 from vaelab.models import VAE
 from vaelab.params import Params, load_params
 from vaelab.paths import write_csv
 from vaelab.train import Trainer
 
-MIRROR = "/work/shared/data/mnist"
 LOSS_TOLERANCE = 0.03  # relative: a and b do the same math, so only sampling noise separates them
 IWAE_TOLERANCE = 1e-3  # nats per image between a fast formulation and the naive one
 
@@ -379,7 +378,7 @@ def full_iwae(model: VAE, x: torch.Tensor, k: int, chunk: int, fn: LogLikelihood
 
 
 def setup(tmp: Path) -> Bench:
-    fetch_mnist(tmp, MIRROR, {})
+    fetch_mnist(tmp, mirror_from_env(), {})
     cpu = torch.device("cpu")
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
     with mlflow.start_run(run_name="warm-up"):  # creates the store: its schema migration is not an epoch's cost
