@@ -3,6 +3,7 @@
 import os
 import signal
 import sys
+from contextlib import contextmanager
 
 
 class VaelabError(Exception):
@@ -15,6 +16,7 @@ def run_stage(main) -> None:
     VAELAB_DEBUG=1 shows the full traceback instead. SIGTERM is handled like Ctrl-C, so that a
     stopped stage still closes its MLflow run (as KILLED) and keeps its last checkpoint.
     """
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
@@ -32,5 +34,31 @@ def run_stage(main) -> None:
         sys.exit(1)
 
 
+_critical_depth = 0
+_interrupt_pending = False
+
+
 def _interrupt(signum, frame):
+    global _interrupt_pending
+    if _critical_depth:
+        _interrupt_pending = True
+        return
     raise KeyboardInterrupt
+
+
+@contextmanager
+def uninterruptible():
+    """Hold Ctrl-C and SIGTERM until the block ends.
+
+    An interrupt inside a database transaction can leave the MLflow store unable to mark the
+    run KILLED; it is raised right after the block instead.
+    """
+    global _critical_depth, _interrupt_pending
+    _critical_depth += 1
+    try:
+        yield
+    finally:
+        _critical_depth -= 1
+        if not _critical_depth and _interrupt_pending:
+            _interrupt_pending = False
+            raise KeyboardInterrupt

@@ -10,6 +10,7 @@ from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from vaelab.errors import uninterruptible
 from vaelab.params import Params
 
 
@@ -72,10 +73,11 @@ def log_epochs(run_id: str, records: list[dict]) -> None:
     After a crash between a checkpoint and its MLflow call, this fills the gap without
     logging any epoch twice.
     """
-    logged = {m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")}
-    for record in records:
-        if record["epoch"] not in logged:
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    with uninterruptible():
+        logged = {m.step for m in MlflowClient().get_metric_history(run_id, "train_loss")}
+        for record in records:
+            if record["epoch"] not in logged:
+                mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
 
 
 def close_abandoned_run(params: Params, run_id: str) -> None:
@@ -104,12 +106,15 @@ def _run(**start_args):
     try:
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        with uninterruptible():
+            mlflow.end_run("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        with uninterruptible():
+            mlflow.end_run("FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    with uninterruptible():
+        mlflow.end_run("FINISHED")
 
 
 def log_flat_metrics(metrics: dict, prefix: str = "", step: int | None = None) -> None:
