@@ -2,7 +2,10 @@
 
 Run from the repository root (so that `vaelab` and params.yaml are found):
 
-    python -m bench.speed [--repeats 3] [--variants vae vae_deep cvae]
+    python -m bench.speed [--repeats 3] [--variants vae vae_deep cvae] [--threads N]
+
+On a machine shared with other busy processes, two torch threads slow down by several times
+(OpenMP threads wait on each other); --threads 1 gives steadier figures there.
 
 Training, for each variant, one epoch (60,000 images) of:
   a  the reference: the published notebooks' loop (bench/reference.py);
@@ -451,10 +454,12 @@ def main() -> None:
     parser.add_argument("--iwae-k", type=int, default=1000)
     parser.add_argument("--iwae-chunk", type=int, default=1000, help="latent samples decoded at once")
     parser.add_argument("--iwae-subset", type=int, default=300, help="test images for comparing formulations")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     args = parser.parse_args()
     if "vae" not in args.variants:
         parser.error("the final figures are for vae: include it in --variants")
 
+    torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f}")
     if load > 1:
