@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from vaelab import paths
@@ -66,33 +67,37 @@ def learning_curves(results: list[VariantResults], path: Path) -> None:
     _save(figure, path)
 
 
-def kl_per_dim(results: list[VariantResults], path: Path) -> None:
-    """Each variant's KL per latent dimension, sorted from the largest: how many dimensions carry information."""
+def _grouped_bars(bars: dict[str, list[float]], **labels) -> tuple[Figure, Axes]:
+    """One group of bars per position, one bar per variant in each group, groups centred on the positions."""
     figure = Figure(figsize=(11, 4), layout="constrained")
     axes = figure.subplots()
-    width = 0.8 / len(results)
-    for i, variant in enumerate(results):
-        kl = variant.kl_per_dim["kl"].sort_values(ascending=False).to_numpy()
-        axes.bar([rank + i * width for rank in range(len(kl))], kl, width, label=variant.name)
-    axes.set(xlabel="latent dimensions, sorted by KL", ylabel="KL (nats per image)", title="KL per latent dimension on the test set")
-    axes.set_xticks([])
+    width = 0.8 / len(bars)
+    for i, (name, heights) in enumerate(bars.items()):
+        axes.bar([position - 0.4 + (i + 0.5) * width for position in range(len(heights))], heights, width, label=name)
+    axes.set(**labels)
     axes.grid(axis="y", alpha=0.3)
+    return figure, axes
+
+
+def kl_per_dim(results: list[VariantResults], path: Path) -> None:
+    """Each variant's KL per latent dimension, sorted from the largest: how many dimensions carry information."""
+    figure, axes = _grouped_bars(
+        {v.name: v.kl_per_dim["kl"].sort_values(ascending=False).tolist() for v in results},
+        xlabel="latent dimensions, sorted by KL", ylabel="KL (nats per image)", title="KL per latent dimension on the test set",
+    )
+    axes.set_xticks([])
     axes.legend()
     _save(figure, path)
 
 
 def prior_classes(results: list[VariantResults], path: Path) -> None:
     """Share of each digit the judge reads in samples from the prior, per variant."""
-    figure = Figure(figsize=(11, 4), layout="constrained")
-    axes = figure.subplots()
-    width = 0.8 / len(results)
-    for i, variant in enumerate(results):
-        shares = variant.assess["prior_samples"]["shares"]
-        axes.bar([d + i * width for d in range(N_CLASSES)], [shares[d] for d in DIGITS], width, label=variant.name)
+    figure, axes = _grouped_bars(
+        {v.name: [v.assess["prior_samples"]["shares"][d] for d in DIGITS] for v in results},
+        xlabel="digit read by the judge", ylabel="share of the samples", title="What samples from the prior look like to the judge",
+    )
     axes.axhline(1 / N_CLASSES, color="grey", linestyle="--", linewidth=1, label="uniform")
-    axes.set_xticks([d + 0.4 - width / 2 for d in range(N_CLASSES)], DIGITS)
-    axes.set(xlabel="digit read by the judge", ylabel="share of the samples", title="What samples from the prior look like to the judge")
-    axes.grid(axis="y", alpha=0.3)
+    axes.set_xticks(range(N_CLASSES), DIGITS)
     axes.legend()
     _save(figure, path)
 
