@@ -53,7 +53,15 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of p(x|z), one per pixel."""
-        return self.decoder(self._with_label(z, onehot))
+        return self.output_layer(self.decode_hidden(z, onehot))
+
+    def decode_hidden(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's last hidden layer, which output_layer turns into the logits."""
+        return self.decoder[:-1](self._with_label(z, onehot))
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.decoder[-1]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Reconstruct through the posterior mean: the served model's prediction, pixels in [0, 1].
