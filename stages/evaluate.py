@@ -9,7 +9,7 @@ from vaelab.metrics import per_class_reconstruction, test_elbo
 from vaelab.models import load_trained
 from vaelab.params import load_params
 from vaelab.tracking import continued_run, log_flat_metrics
-from vaelab.train import pick_device
+from vaelab.device import pick_device
 
 
 def main() -> None:

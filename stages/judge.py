@@ -10,7 +10,7 @@ from vaelab.errors import VaelabError, run_stage
 from vaelab.judge import Judge, accuracy, save_judge, train_judge
 from vaelab.params import load_params
 from vaelab.tracking import training_run
-from vaelab.train import CpuShare, pick_device
+from vaelab.device import pick_device
 
 
 def main() -> None:
@@ -23,8 +23,6 @@ def main() -> None:
     torch.manual_seed(params.seed)
     judge = Judge(opts.channels, opts.hidden).to(device)
     steps = opts.epochs * -(-len(train) // opts.batch_size)
-    cpu_share = CpuShare()  # held for the whole stage, so parallel trainings count this one
-    cpu_share.rebalance()
     run_params = {"seed": params.seed, **opts.model_dump()}
     with training_run(params, "judge", run_params), tqdm(total=steps, desc="judge", unit="batch", mininterval=1) as bar:
         records = train_judge(judge, opts, train, params.seed, on_step=bar.update)

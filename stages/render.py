@@ -14,7 +14,7 @@ from vaelab.metrics import latent_activity, posterior_means
 from vaelab.models import load_trained
 from vaelab.params import load_params
 from vaelab.tracking import continued_run
-from vaelab.train import pick_device
+from vaelab.device import pick_device
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from vaelab.errors import run_stage
 from vaelab.models import load_trained
 from vaelab.params import Variants, load_params
 from vaelab.tracking import continued_run
-from vaelab.train import pick_device
+from vaelab.device import pick_device
 
 
 def main() -> None:

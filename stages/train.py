@@ -16,7 +16,8 @@ from vaelab.data import load_split
 from vaelab.errors import VaelabError, run_stage
 from vaelab.models import VAE, save_trained
 from vaelab.params import load_params
-from vaelab.train import CpuShare, Trainer, load_checkpoint, pick_device, save_checkpoint
+from vaelab.device import pick_device, rebalance_threads
+from vaelab.train import Trainer, load_checkpoint, save_checkpoint
 
 
 def main() -> None:
@@ -24,7 +25,6 @@ def main() -> None:
     params = load_params()
     variant = params.variant(name)
     device = pick_device()
-    cpu_share = CpuShare()
     train, test = load_split(True, device), load_split(False, device)
     if params.batch_size > len(train):
         raise VaelabError(f"batch_size {params.batch_size} is larger than the {len(train)} training images; lower it")
@@ -47,7 +47,7 @@ def main() -> None:
         steps = trainer.steps_per_epoch
         with tqdm(total=variant.epochs * steps, initial=trainer.epoch * steps, desc=name, unit="batch", mininterval=1) as bar:
             while trainer.epoch < variant.epochs:
-                bar.set_postfix(threads=cpu_share.rebalance())
+                bar.set_postfix(threads=rebalance_threads())
                 record = trainer.train_epoch(on_step=bar.update)
                 if not math.isfinite(record["train_loss"]):
                     raise VaelabError(

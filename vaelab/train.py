@@ -1,8 +1,5 @@
 """The training loop: batches sliced from tensors held in memory, one Adam step per batch."""
 
-import fcntl
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,59 +13,6 @@ from vaelab.metrics import test_elbo
 from vaelab.models import VAE
 from vaelab.params import Params, VariantParams
 from vaelab.paths import atomic_path
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class CpuShare:
-    """Sizes this process's thread pool to its share of the cores.
-
-    Training processes running at once on one machine (`dvc queue start -j 2`) would otherwise
-    each start a thread per core and fight over them. Each process holds a lock on one slot file;
-    the number of held slots is the number of processes sharing the cores. rebalance() re-reads it,
-    so a process speeds up again when its neighbour finishes. OMP_NUM_THREADS, if set, wins.
-    """
-
-    def __init__(self, slots_dir: Path = Path(tempfile.gettempdir()) / "vaelab-cpu-slots"):
-        self.cores = len(os.sched_getaffinity(0))
-        self.fixed = "OMP_NUM_THREADS" in os.environ
-        slots_dir.mkdir(exist_ok=True)
-        self.slots = [slots_dir / f"slot-{i}" for i in range(self.cores)]
-        self.held = None
-        for slot in self.slots:
-            handle = open(slot, "a")
-            if self._try_lock(handle):
-                self.held = handle  # kept open: the lock lasts as long as the process
-                break
-            handle.close()
-
-    @staticmethod
-    def _try_lock(handle) -> bool:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-
-    def sharers(self) -> int:
-        others = 0
-        for slot in self.slots:
-            if self.held and slot == Path(self.held.name):
-                continue
-            with open(slot, "a") as handle:
-                if self._try_lock(handle):
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-                else:
-                    others += 1
-        return others + 1
-
-    def rebalance(self) -> int:
-        """Set and return the thread count for the processes training now."""
-        if not self.fixed:
-            torch.set_num_threads(max(1, self.cores // self.sharers()))
-        return torch.get_num_threads()
 
 
 def kl_weight(epoch: int, warmup_epochs: int) -> float:
