@@ -55,7 +55,7 @@ class JudgeParams(Strict):
 
 
 class AssessParams(Strict):
-    iwae_k: PositiveInt = 100
+    iwae_k: PositiveInt = 50
     samples_per_digit: PositiveInt = 1000
     prior_samples: PositiveInt = 10000
 
