@@ -1,7 +1,8 @@
 """Stage train@<variant>: train one variant, record its curves, save the model, log it all to MLflow.
 
 A checkpoint after every epoch lets a killed run resume where it stopped, in the same MLflow run,
-as long as the params that shape training are unchanged.
+as long as the params that shape training and the code are unchanged. A finished run is never
+resumed: when DVC runs the stage again, it trains afresh.
 """
 
 import math
@@ -17,7 +18,7 @@ from vaelab.errors import VaelabError, run_stage
 from vaelab.models import VAE, save_trained
 from vaelab.params import load_params
 from vaelab.device import pick_device, rebalance_threads
-from vaelab.train import Trainer, load_checkpoint, save_checkpoint
+from vaelab.train import Trainer, code_fingerprint, load_checkpoint, save_checkpoint
 
 
 def main() -> None:
@@ -32,9 +33,10 @@ def main() -> None:
     model = VAE.for_variant(variant, params.latent_dim).to(device)
     trainer = Trainer(model, variant, params, train, test)
 
-    fingerprint = {**params.run_params(name), "evaluate_batch_size": params.evaluate.batch_size}
+    fingerprint = {**params.run_params(name), "evaluate_batch_size": params.evaluate.batch_size, "code": code_fingerprint()}
     checkpoint = load_checkpoint(paths.checkpoint_file(name))
-    if checkpoint and checkpoint["fingerprint"] != fingerprint:
+    # DVC re-runs a finished stage only when asked to (`-f`) or when its code or data changed: train afresh
+    if checkpoint and (checkpoint.get("completed") or checkpoint["fingerprint"] != fingerprint):
         tracking.close_abandoned_run(params, checkpoint["run_id"])
         checkpoint = None
     records = checkpoint["records"] if checkpoint else []
@@ -74,6 +76,7 @@ def main() -> None:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
         save_trained(model, variant, run.info.run_id, paths.model_file(name))
+        save_checkpoint(paths.checkpoint_file(name), trainer, records, run.info.run_id, fingerprint, completed=True)
 
 
 if __name__ == "__main__":

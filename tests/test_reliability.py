@@ -100,7 +100,8 @@ def test_a_train_stage_killed_mid_epoch_resumes_in_the_same_run_with_identical_r
     assert sorted(steps) == list(range(1, 13))
 
 
-def test_changed_params_never_resume_from_an_old_checkpoint(tmp_path, mirror):
+@pytest.mark.parametrize("change", ["params", "code"])
+def test_changed_params_or_code_never_resume_from_an_old_checkpoint(tmp_path, mirror, change):
     directory, md5 = mirror
     params = resumable_params(md5)
     repo = make_repo(tmp_path / "changed", params)
@@ -110,16 +111,40 @@ def test_changed_params_never_resume_from_an_old_checkpoint(tmp_path, mirror):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
-    params["lr"] = 0.002
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if change == "params":
+        params["lr"] = 0.002
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    else:
+        with open(repo / "vaelab/elbo.py", "a") as source:
+            source.write("# a fix made after the crash\n")
     again = run(["dvc", "repro", "train@vae"], repo, env)
 
     assert "resuming" not in again.stderr
     client, runs = mlflow_runs(repo, "vae")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
     finished = next(r for r in runs if r.info.status == "FINISHED")
-    assert finished.data.params["lr"] == "0.002"
+    assert finished.data.params["lr"] == str(params["lr"])
     assert len(client.get_metric_history(finished.info.run_id, "train_loss")) == 12
+
+
+def test_a_finished_training_run_again_trains_afresh(tmp_path, mirror):
+    """`dvc repro -f`, or new code or data, re-runs a finished stage: it must train, not replay the checkpoint."""
+    directory, md5 = mirror
+    repo = make_repo(tmp_path / "forced", small_params(md5, epochs=2))
+    env = {"MNIST_MIRROR": str(directory)}
+    run(["dvc", "repro", "train@vae"], repo, env)
+    first_model = (repo / "models/vae.pt").read_bytes()
+
+    again = run(["dvc", "repro", "--force", "--single-item", "train@vae"], repo, env)
+
+    assert "resuming" not in again.stderr
+    client, runs = mlflow_runs(repo, "vae")
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    for r in runs:
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "train_loss")) == [1, 2]
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert torch.load(repo / "models/vae.pt", weights_only=True)["run_id"] == newest.info.run_id
+    assert (repo / "models/vae.pt").read_bytes() != first_model
 
 
 def test_ctrl_c_stops_training_keeps_the_checkpoint_and_marks_the_run_killed(tmp_path, mirror):

@@ -1,5 +1,6 @@
 """The training loop: batches sliced from tensors held in memory, one Adam step per batch."""
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -100,10 +101,28 @@ class Trainer:
         }
 
 
-def save_checkpoint(path: Path, trainer: Trainer, records: list[dict], run_id: str, fingerprint: dict) -> None:
-    """Written after every epoch, atomically: a crash mid-write keeps the previous checkpoint."""
+def code_fingerprint() -> str:
+    """sha256 of the library's and the train stage's source: a checkpoint made by other code is
+    never resumed, lest one run mix epochs trained by two versions of the code."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for source in [*sorted(package.glob("*.py")), package.parent / "stages" / "train.py"]:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: Path, trainer: Trainer, records: list[dict], run_id: str, fingerprint: dict, completed: bool = False
+) -> None:
+    """Written after every epoch, atomically: a crash mid-write keeps the previous checkpoint.
+
+    completed: the model is saved and logged; a later run of the stage starts afresh instead of resuming.
+    """
     with atomic_path(path) as tmp:
-        torch.save({"trainer": trainer.state_dict(), "records": records, "run_id": run_id, "fingerprint": fingerprint}, tmp)
+        torch.save(
+            {"trainer": trainer.state_dict(), "records": records, "run_id": run_id, "fingerprint": fingerprint, "completed": completed},
+            tmp,
+        )
 
 
 def load_checkpoint(path: Path) -> dict | None:
