@@ -128,7 +128,7 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
                 f"{v.test['test']['rec']:.2f}",
                 f"{v.test['test']['kl']:.2f}",
                 f"{v.assess['active_units']} of {v.assess['latent_dim']}",
-                f"{v.assess['prior_samples']['entropy_bits']:.2f} bits",
+                f"{v.assess['prior_samples']['entropy_bits']:.2f} bits" + ("*" if "conditional_accuracy" in v.assess else ""),
                 _percent(v.assess["conditional_accuracy"]["overall"]) if "conditional_accuracy" in v.assess else "—",
             ]
             for v in results
@@ -158,6 +158,8 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
         f"correctly; it reads the samples below. The digit entropy of samples from the prior is log2(10) = {math.log2(N_CLASSES):.2f} bits "
         f"when all ten digits are equally common. Conditional accuracy: the share of digits generated on demand that the judge "
         f"reads as the digit asked for.",
+        *(["\\* A conditional variant is given the ten labels in turn when it samples from the prior, so its samples "
+           "cover the ten digits by construction; its conditional accuracy says how well it obeys the labels."] if conditional else []),
         "## Reconstruction error per digit",
         "BCE in nats per test image, decoding the posterior mean.",
         per_class,
@@ -176,9 +178,10 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
         "## Latent usage",
         f"![KL per latent dimension]({figures['kl_per_dim']})",
         "## Pictures of each variant",
-        "Samples from the prior; latent traversals (one row per most active dimension, most active first, swept over "
-        "`traversal.span` prior standard deviations either side of the first test digit's posterior mean); the test "
-        "set's posterior means in 2-D; test digits above their reconstructions.",
+        "Samples from the prior; latent traversals (one row per most active dimension, most active first: that "
+        "coordinate set to values from -`traversal.span` to +`traversal.span`, the prior's standard deviations, the "
+        "others held at the first test digit's posterior mean); the test set's posterior means in 2-D; test digits "
+        "above their reconstructions.",
     ]
     for v in results:
         images = f"{v.name}/images"
