@@ -159,7 +159,7 @@ def profile_epoch(bench: Bench, name: str, top: int = 12) -> None:
 @torch.inference_mode()
 def iwae_floor(model: VAE, n_images: int, k: int) -> float:
     """The decoder's matrix multiplies alone for k samples of n_images, in iwae_bound's chunks."""
-    chunk_rows = max(1, IWAE_CHUNK_ELEMENTS // (n_images * N_PIXELS)) * n_images
+    chunk_rows = max(1, IWAE_CHUNK_ELEMENTS["cpu"] // (n_images * N_PIXELS)) * n_images
     layers = [(layer.weight, torch.empty(chunk_rows, layer.out_features)) for layer in model.decoder if isinstance(layer, nn.Linear)]
     rows = torch.rand(chunk_rows, layers[0][0].shape[1])
     start = time.perf_counter()

@@ -16,6 +16,20 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "vaelab", ".gitignore", ".dvcignore"]
 N_TRAIN, N_TEST = 320, 100
+# where the device-dependent tests compute; bench/gpu_check.sh runs them with VAELAB_TEST_DEVICE=cuda
+TEST_DEVICE = torch.device(os.environ.get("VAELAB_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return TEST_DEVICE
+
+
+def pytest_collection_modifyitems(items):
+    """A test that takes the `device` fixture is device-dependent: `pytest -m device` selects it."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
 
 
 def _idx_images(images: torch.Tensor) -> bytes:

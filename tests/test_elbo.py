@@ -45,12 +45,12 @@ def test_bernoulli_nll_is_the_negative_log_likelihood_of_binary_pixels():
     assert math.isclose(bernoulli_nll(logits, pixels).item(), expected, rel_tol=1e-6)
 
 
-def test_elbo_terms_are_per_image_and_repeatable_with_a_generator():
-    model = VAE(latent_dim=3, hidden=[16])
-    x = torch.rand(4, 784)
+def test_elbo_terms_are_per_image_and_repeatable_with_a_generator(device):
+    model = VAE(latent_dim=3, hidden=[16]).to(device)
+    x = torch.rand(4, 784, device=device)
 
-    first = elbo_terms(model, x, generator=torch.Generator().manual_seed(7))
-    second = elbo_terms(model, x, generator=torch.Generator().manual_seed(7))
+    first = elbo_terms(model, x, generator=torch.Generator(device).manual_seed(7))
+    second = elbo_terms(model, x, generator=torch.Generator(device).manual_seed(7))
 
     assert first[0].shape == first[1].shape == (4,)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])

@@ -31,33 +31,31 @@ def brute_force_bound(model: VAE, x: torch.Tensor, noise: torch.Tensor) -> list[
 
 
 @pytest.mark.parametrize("one_sample_per_chunk", [False, True])
-def test_iwae_bound_equals_brute_force_on_a_tiny_model(one_sample_per_chunk):
+def test_iwae_bound_equals_brute_force_on_a_tiny_model(one_sample_per_chunk, device):
     torch.manual_seed(0)
-    model = VAE(latent_dim=2, hidden=[5]).double()
-    x = (torch.rand(3, 784, dtype=torch.float64) > 0.5).double()
+    model = VAE(latent_dim=2, hidden=[5]).double().to(device)
+    x = (torch.rand(3, 784, dtype=torch.float64) > 0.5).double().to(device)
     k, seed = 6, 11
-    max_elements = x.numel() if one_sample_per_chunk else 2**23
-    generator = torch.Generator().manual_seed(seed)
-    if one_sample_per_chunk:
-        noise = torch.cat([torch.randn((1, 3, 2), generator=generator, dtype=torch.float64) for _ in range(k)])
-    else:
-        noise = torch.randn((k, 3, 2), generator=generator, dtype=torch.float64)
+    max_elements = x.numel() if one_sample_per_chunk else None  # None: the device's default chunks
+    generator = torch.Generator(device).manual_seed(seed)
+    shape, options = (1 if one_sample_per_chunk else k, 3, 2), {"dtype": torch.float64, "device": device}
+    noise = torch.cat([torch.randn(shape, generator=generator, **options) for _ in range(k // shape[0])])
 
     with torch.no_grad():
-        bound = iwae_bound(model, x, None, k, torch.Generator().manual_seed(seed), max_elements)
+        bound = iwae_bound(model, x, None, k, torch.Generator(device).manual_seed(seed), max_elements)
         expected = brute_force_bound(model, x, noise)
 
     assert bound.dtype == torch.float64 and bound.shape == (3,)
     assert bound.tolist() == pytest.approx(expected, abs=1e-9)
 
 
-def test_iwae_bound_of_a_conditional_model_uses_the_label():
+def test_iwae_bound_of_a_conditional_model_uses_the_label(device):
     torch.manual_seed(0)
-    model = VAE(latent_dim=2, hidden=[5], n_classes=10)
-    x = torch.rand(4, 784)
-    onehots = torch.eye(10)[[1, 2, 3, 4]], torch.eye(10)[[5, 6, 7, 8]]
+    model = VAE(latent_dim=2, hidden=[5], n_classes=10).to(device)
+    x = torch.rand(4, 784, device=device)
+    onehots = torch.eye(10, device=device)[[1, 2, 3, 4]], torch.eye(10, device=device)[[5, 6, 7, 8]]
     with torch.no_grad():
-        first, second = (iwae_bound(model, x, onehot, 5, torch.Generator().manual_seed(0)) for onehot in onehots)
+        first, second = (iwae_bound(model, x, onehot, 5, torch.Generator(device).manual_seed(0)) for onehot in onehots)
     assert not torch.allclose(first, second)
 
 
@@ -99,11 +97,11 @@ def test_elbo_is_iwae_with_one_sample_and_the_bound_rises_with_k(trained):
     assert elbo + 0.2 < iwae[10] < iwae[1000]
 
 
-def test_log_likelihood_of_many_samples_equals_the_training_loss_even_where_exp_overflows():
+def test_log_likelihood_of_many_samples_equals_the_training_loss_even_where_exp_overflows(device):
     torch.manual_seed(0)
-    model = VAE(latent_dim=3, hidden=[7], n_classes=10)
-    x, onehot = torch.rand(4, 784), torch.eye(10)[[0, 3, 5, 9]]
-    z = torch.randn(5, 4, 3)
+    model = VAE(latent_dim=3, hidden=[7], n_classes=10).to(device)
+    x, onehot = torch.rand(4, 784, device=device), torch.eye(10, device=device)[[0, 3, 5, 9]]
+    z = torch.randn(5, 4, 3, device=device)
     with torch.no_grad():
         model.output_layer.bias[:3] = 200.0  # exp(200) overflows float32: those rows take the stable path
         fast = bernoulli_log_likelihood(model, x, onehot)(z)

@@ -1,4 +1,4 @@
-"""The training loop's schedules and that it learns, on tiny in-memory data."""
+"""The training loop's schedules, that it learns, and that it resumes bit for bit, on tiny in-memory data."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 from vaelab.data import Split
 from vaelab.models import VAE
 from vaelab.params import Params
-from vaelab.train import Trainer, kl_weight
+from vaelab.train import Trainer, kl_weight, load_checkpoint, save_checkpoint
 
 
 def test_kl_weight_warms_up_linearly_then_stays_at_one():
@@ -16,15 +16,15 @@ def test_kl_weight_warms_up_linearly_then_stays_at_one():
     assert kl_weight(0, 0) == 1.0
 
 
-def tiny_trainer(epochs: int, warmup: int, schedule: str) -> Trainer:
+def tiny_trainer(epochs: int, warmup: int, schedule: str, device=torch.device("cpu"), **options) -> Trainer:
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(200) % 10
     images = (torch.rand(10, 784, generator=generator) > 0.7).float()[labels] * 0.9
-    split = Split(images, labels)
+    split = Split(images.to(device), labels.to(device))
     params = Params.model_validate(
         {
             "latent_dim": 2,
-            "batch_size": 32,
+            "batch_size": 32,  # 200 images: 6 batches of 32 and one of 8, two batch sizes to capture on CUDA
             "lr": 0.01,
             "variants": {
                 name: {"epochs": epochs, "hidden": [16], "kl_warmup_epochs": warmup, "lr_schedule": schedule}
@@ -34,11 +34,15 @@ def tiny_trainer(epochs: int, warmup: int, schedule: str) -> Trainer:
     )
     variant = params.variant("vae_anneal")
     torch.manual_seed(0)
-    return Trainer(VAE.for_variant(variant, 2), variant, params, split, split)
+    return Trainer(VAE.for_variant(variant, 2).to(device), variant, params, split, split, **options)
 
 
-def test_an_epoch_record_reports_the_schedule_in_force_and_the_loss_falls():
-    trainer = tiny_trainer(epochs=6, warmup=3, schedule="cosine")
+def without_time(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "epoch_seconds"} for record in records]
+
+
+def test_an_epoch_record_reports_the_schedule_in_force_and_the_loss_falls(device):
+    trainer = tiny_trainer(epochs=6, warmup=3, schedule="cosine", device=device)
     records = [trainer.train_epoch() for _ in range(6)]
 
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
@@ -51,6 +55,35 @@ def test_an_epoch_record_reports_the_schedule_in_force_and_the_loss_falls():
     assert records[-1]["test_elbo"] > records[0]["test_elbo"]
 
 
-def test_a_constant_schedule_keeps_the_learning_rate():
-    trainer = tiny_trainer(epochs=3, warmup=0, schedule="constant")
-    assert [trainer.train_epoch()["lr"] for _ in range(3)] == [0.01] * 3
+def test_a_constant_schedule_keeps_the_learning_rate(device):
+    trainer = tiny_trainer(epochs=3, warmup=0, schedule="constant", device=device)
+    # on CUDA the rate lives in a float32 tensor on the device, where the CUDA graphs read it
+    assert [trainer.train_epoch()["lr"] for _ in range(3)] == pytest.approx([0.01] * 3, rel=1e-7)
+
+
+def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(device, tmp_path):
+    uninterrupted = tiny_trainer(epochs=4, warmup=2, schedule="cosine", device=device)
+    expected = without_time([uninterrupted.train_epoch() for _ in range(4)])
+
+    first = tiny_trainer(epochs=4, warmup=2, schedule="cosine", device=device)
+    records = [first.train_epoch() for _ in range(2)]
+    save_checkpoint(tmp_path / "checkpoint.pt", first, records, "run", {})
+    resumed = tiny_trainer(epochs=4, warmup=2, schedule="cosine", device=device)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["trainer"])
+    records += [resumed.train_epoch() for _ in range(2)]
+
+    assert without_time(records) == expected
+    for name, weight in uninterrupted.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], weight), name
+
+
+def test_the_cuda_graphs_replay_the_eager_steps(device):
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device (bench/gpu_check.sh runs this on one)")
+    records = {}
+    for graphs in (False, True):
+        trainer = tiny_trainer(epochs=3, warmup=2, schedule="cosine", device=device, cuda_graphs=graphs)
+        records[graphs] = without_time([trainer.train_epoch() for _ in range(3)])
+    assert trainer.graphs.keys() == {32, 8}  # both batch sizes were captured and replayed
+    for eager, graphed in zip(records[False], records[True]):
+        assert graphed == pytest.approx(eager, rel=1e-5)

@@ -23,21 +23,52 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
     return min(1.0, epoch / warmup_epochs)
 
 
-class Trainer:
-    """One variant's training state. train_epoch() is one pass over the training set."""
+# A batch size's first step runs eagerly before its step is captured in a CUDA graph: it creates
+# Adam's state and cuBLAS's workspace, which the graph must find in place rather than record.
+EAGER_STEPS_BEFORE_CAPTURE = 1
 
-    def __init__(self, model: VAE, variant: VariantParams, params: Params, train: Split, test: Split):
+
+class Trainer:
+    """One variant's training state. train_epoch() is one pass over the training set.
+
+    On CUDA the training step is captured in a CUDA graph and replayed: at batch 128 these models
+    are so small that an eager step, a few hundred kernel launches, leaves the GPU waiting on
+    Python. The graph runs the same kernels on the same data with the same random numbers; the KL
+    weight and the learning rate are read from the device, so one graph per batch size serves
+    the whole run.
+    """
+
+    def __init__(
+        self,
+        model: VAE,
+        variant: VariantParams,
+        params: Params,
+        train: Split,
+        test: Split,
+        cuda_graphs: bool | None = None,
+    ):
         self.model, self.variant, self.params = model, variant, params
         self.train_split, self.test_split = train, test
         self.train_onehot = train.onehot() if variant.conditional else None
-        # fused Adam: one kernel for all parameters instead of a Python loop over them
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, fused=True)
+        device = train.images.device
+        self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need the data on a CUDA device")
+        # fused Adam: one kernel for all parameters instead of a Python loop over them. A graph
+        # replays it with the learning rate it reads from the device, where the schedule writes it.
+        lr = torch.tensor(params.lr, device=device) if self.cuda_graphs else params.lr
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=self.cuda_graphs)
         self.scheduler = (
             CosineAnnealingLR(self.optimizer, T_max=variant.epochs) if variant.lr_schedule == "cosine" else None
         )
         # one stream for shuffling and posterior noise, so a run depends on the seed alone
-        self.generator = torch.Generator(train.images.device).manual_seed(params.seed)
+        self.generator = torch.Generator(device).manual_seed(params.seed)
         self.epoch = 0  # epochs completed
+        # the epoch's sums of the reconstruction and KL terms, kept on the device (and in place, for the graphs)
+        self.totals = torch.zeros(2, dtype=torch.float64, device=device)
+        self.kl_weight = torch.zeros((), device=device)  # read by the graphs
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # batch size -> graph, its index buffer
+        self.eager_steps: dict[int, int] = {}  # batch size -> eager steps run before capture
 
     def state_dict(self) -> dict:
         """Everything the next epoch depends on: resuming from it continues bit for bit."""
@@ -52,7 +83,11 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
         self.model.load_state_dict(state["model"])
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.load_state_dict(state["optimizer"])
+        saved_lr = float(self.optimizer.param_groups[0]["lr"])
+        # graphs read the learning rate from its tensor on the device: keep that tensor, with the saved value
+        self.optimizer.param_groups[0]["lr"] = lr.fill_(saved_lr) if isinstance(lr, torch.Tensor) else saved_lr
         if self.scheduler:
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
@@ -65,27 +100,12 @@ class Trainer:
         """One epoch; returns its record: mean train loss and its parts, test ELBO, schedule, time."""
         started = time.perf_counter()
         beta = kl_weight(self.epoch, self.variant.kl_warmup_epochs)
-        lr = self.optimizer.param_groups[0]["lr"]
-        images, onehot = self.train_split.images, self.train_onehot
-        self.model.train()
-        # sums stay on the device: reading them every step would make each step wait on it
-        totals = torch.zeros(2, dtype=torch.float64, device=images.device)
-        order = torch.randperm(len(images), generator=self.generator, device=images.device)
-        for batch in order.split(self.params.batch_size):
-            x = images[batch]
-            rec, kl = elbo_terms(self.model, x, None if onehot is None else onehot[batch], self.generator)
-            rec, kl = rec.sum(), kl.sum()
-            loss = rec + beta * kl
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            totals += torch.stack([rec.detach(), kl.detach()])
-            if on_step:
-                on_step()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.train_steps(beta, on_step)
         if self.scheduler:
             self.scheduler.step()
         self.epoch += 1
-        rec, kl = (totals / len(images)).tolist()
+        rec, kl = (self.totals / len(self.train_split)).tolist()
         test = test_elbo(self.model, self.test_split, self.params.evaluate.batch_size, self.params.seed)
         return {
             "epoch": self.epoch,
@@ -99,6 +119,58 @@ class Trainer:
             "lr": lr,
             "epoch_seconds": time.perf_counter() - started,
         }
+
+    def train_steps(self, beta: float, on_step=None) -> None:
+        """One shuffled pass of Adam steps with KL weight beta, summing the terms into self.totals.
+
+        Reads nothing back from the device: on a GPU, the steps queue up without waiting.
+        """
+        self.model.train()
+        self.totals.zero_()
+        self.kl_weight.fill_(beta)
+        order = torch.randperm(len(self.train_split), generator=self.generator, device=self.totals.device)
+        for batch in order.split(self.params.batch_size):
+            if self.cuda_graphs:
+                self._graphed_step(batch)
+            else:
+                self._step(batch, beta)
+            if on_step:
+                on_step()
+
+    def _step(self, batch: torch.Tensor, beta: float | torch.Tensor) -> None:
+        """One Adam step on the training images indexed by batch."""
+        x = self.train_split.images.index_select(0, batch)
+        onehot = None if self.train_onehot is None else self.train_onehot.index_select(0, batch)
+        rec, kl = elbo_terms(self.model, x, onehot, self.generator)
+        rec, kl = rec.sum(), kl.sum()
+        loss = rec + beta * kl
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.totals += torch.stack([rec.detach(), kl.detach()])
+
+    def _graphed_step(self, batch: torch.Tensor) -> None:
+        """_step, replayed from the CUDA graph of its batch size (captured on its first use after warm-up)."""
+        size = len(batch)
+        if size not in self.graphs:
+            if self.eager_steps.get(size, 0) < EAGER_STEPS_BEFORE_CAPTURE:
+                self.eager_steps[size] = self.eager_steps.get(size, 0) + 1
+                # warm-up on a side stream, as capture runs on one (PyTorch's CUDA graph recipe)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._step(batch, self.kl_weight)
+                torch.cuda.current_stream().wait_stream(side)
+                return
+            index = torch.empty_like(batch)
+            graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(self.generator)  # replays draw fresh noise, as eager steps would
+            with torch.cuda.graph(graph):  # records the step without running it
+                self._step(index, self.kl_weight)
+            self.graphs[size] = graph, index
+        graph, index = self.graphs[size]
+        index.copy_(batch)
+        graph.replay()
 
 
 def code_fingerprint() -> str:
