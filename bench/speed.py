@@ -43,6 +43,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from bench import reference
+from bench.floor import gemm_floor, linear_shapes
 from vaelab.data import N_PIXELS, Split, fetch_mnist, load_split, mirror_from_env
 from vaelab.device import pick_device
 from vaelab.elbo import IWAE_CHUNK_ELEMENTS, iwae_bound
@@ -99,29 +100,9 @@ def run_vaelab(bench: Bench, name: str, model: VAE, run_name: str) -> tuple[floa
     return seconds, record["train_loss"], test_seconds
 
 
-def linear_shapes(layers: list[nn.Linear]) -> list[tuple[int, int]]:
-    return [(layer.in_features, layer.out_features) for layer in layers]
-
-
-@torch.inference_mode()
 def run_floor(shapes: list[tuple[int, int]], n_images: int, batch_size: int) -> float:
-    """c: the GEMMs of one epoch's steps alone. Per Linear layer: x @ W^T forward; backward, the
-    gradient wrt the input (not for the first layer, whose input is data) and wrt the weight."""
-    sizes = [batch_size] * (n_images // batch_size) + ([n_images % batch_size] if n_images % batch_size else [])
-    operands = {
-        rows: [(torch.rand(rows, n_in), torch.rand(n_out, n_in), torch.empty(rows, n_out), torch.empty(rows, n_in), torch.empty(n_out, n_in))
-               for n_in, n_out in shapes]
-        for rows in set(sizes)
-    }
-    start = time.perf_counter()
-    for rows in sizes:
-        # `out` doubles as the gradient wrt the layer's output in the backward products
-        for i, (x, weight, out, grad_in, grad_weight) in enumerate(operands[rows]):
-            torch.mm(x, weight.t(), out=out)
-            if i:
-                torch.mm(out, weight, out=grad_in)
-            torch.mm(out.t(), x, out=grad_weight)
-    return time.perf_counter() - start
+    """c: the GEMMs of one epoch's steps alone (bench/floor.py)."""
+    return gemm_floor(shapes, n_images, batch_size, torch.device("cpu"))
 
 
 def run_adam(model: VAE, steps: int, lr: float) -> float:
@@ -204,7 +185,7 @@ def train_round(bench: Bench, names: list[str], repeat: int, results: dict) -> N
     batch = bench.params.batch_size
     steps = -(-len(bench.train) // batch)
     for name in names:
-        shapes = linear_shapes([m for m in fresh_model(bench, name, repeat).modules() if isinstance(m, nn.Linear)])
+        shapes = linear_shapes(fresh_model(bench, name, repeat))
         candidates = [
             ("a", lambda: run_reference(bench, fresh_model(bench, name, repeat))),
             ("b", lambda: run_vaelab(bench, name, fresh_model(bench, name, repeat), f"{name} {repeat}")),
