@@ -107,6 +107,8 @@ def check_variant(params: Params, name: str, train: Split, test: Split, cpu_trai
         result["loss_gap_vs_cpu"] = records[0]["train_loss"] / cpu_record["train_loss"] - 1
         result["loss_matches_cpu"] = abs(result["loss_gap_vs_cpu"]) <= LOSS_TOLERANCE
         result["host_syncs_in_steps"] = steps_without_sync(graphs)
+        if name == "vae":
+            attempt(result, "kernel_profile", lambda: kernel_profile(graphs))
     steady = records[1:] or records
     result["epoch_seconds"] = statistics.median(r["epoch_seconds"] for r in steady)
     model = graphs.model
@@ -128,6 +130,38 @@ def steps_without_sync(trainer: Trainer) -> str:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     return outcome
+
+
+def kernel_profile(trainer: Trainer) -> dict:
+    """Where one epoch of replayed steps spends the GPU's time: its kernels, by kind, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.train_steps(1.0)  # any capture happens before the profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer.train_steps(1.0)
+        torch.cuda.synchronize()
+    steps = trainer.steps_per_epoch
+    kinds = {"GEMM": 0.0, "Adam": 0.0, "other (elementwise, reductions, RNG, copies)": 0.0}
+    counts = dict.fromkeys(kinds, 0)
+    top = []
+    for event in prof.key_averages():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        seconds = event.self_device_time_total / 1e6
+        name = event.key.lower()
+        kind = "GEMM" if any(tag in name for tag in ("gemm", "gemv", "splitk", "xmma", "cutlass")) else (
+            "Adam" if "adam" in name else "other (elementwise, reductions, RNG, copies)")
+        kinds[kind] += seconds
+        counts[kind] += event.count
+        top.append((seconds, event.count, event.key[:70]))
+    top.sort(reverse=True)
+    return {
+        "kernels_per_step": sum(counts.values()) / steps,
+        "seconds_by_kind": kinds,
+        "kernels_per_step_by_kind": {kind: n / steps for kind, n in counts.items()},
+        "top_kernels": [{"seconds": t, "count": n, "name": name} for t, n, name in top[:10]],
+    }
 
 
 # ---------------------------------------------------------------- determinism
@@ -186,7 +220,7 @@ def check_determinism(data_root: Path, work: Path, short: bool) -> dict:
 # ---------------------------------------------------------------- CPU reference figures
 
 
-def measure_cpu_epochs(path: Path, repeats: int = 2) -> None:
+def measure_cpu_epochs(path: Path, repeats: int = 3) -> None:
     """One full epoch of each variant on this machine's CPU, as the train stage runs it; saved for the GPU check."""
     from vaelab.device import pick_device
 
@@ -244,6 +278,15 @@ def print_report(report: dict) -> None:
               f"{cpu_epoch:7.2f} {cpu_epoch / v['epoch_seconds']:11.1f}  {v['first_epoch_loss']:9.3f} "
               f"{v.get('cpu_first_epoch_loss', math.nan):9.3f} {v.get('loss_gap_vs_cpu', math.nan):+7.2%}  "
               f"{v.get('host_syncs_in_steps', 'n/a (CPU)')}")
+    profiled = report["variants"].get("vae", {}).get("kernel_profile", {})
+    if "error" in profiled:
+        print(f"\nkernel profile: ERROR {profiled['error']}")
+    elif profiled:
+        print(f"\nvae, one epoch of replayed steps under the profiler: {profiled['kernels_per_step']:.0f} kernels per step")
+        for kind, seconds in profiled["seconds_by_kind"].items():
+            print(f"  {kind:<46s} {seconds:7.4f} s  {profiled['kernels_per_step_by_kind'][kind]:5.1f} kernels per step")
+        for kernel in profiled["top_kernels"]:
+            print(f"  {kernel['seconds']:7.4f} s {kernel['count']:6d}x  {kernel['name']}")
     iwae = report.get("iwae", {})
     if "error" in iwae:
         print(f"\nIWAE: ERROR {iwae['error']}")

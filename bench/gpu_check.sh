@@ -66,7 +66,7 @@ else
     copy=$(mktemp -d)
     git ls-files -z 2>/dev/null | xargs -0 -I{} cp --parents {} "$copy" 2>/dev/null || cp -r dvc.yaml dvc.lock params.yaml stages vaelab .dvc .dvcignore .gitignore "$copy"
     (
-        cd "$copy" && rm -rf data/MNIST models reports/*/ dvc.lock
+        cd "$copy" && rm -rf data/MNIST models reports/*/ reports/README.md dvc.lock
         { git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@vaelab.invalid commit -qm copy; } 2>/dev/null \
             || dvc config core.no_scm true
         dvc config core.analytics false
