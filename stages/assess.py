@@ -3,7 +3,6 @@
 import sys
 import time
 
-import mlflow
 import torch
 
 from vaelab import metrics, paths
@@ -11,15 +10,14 @@ from vaelab.data import load_split
 from vaelab.errors import run_stage
 from vaelab.judge import load_judge
 from vaelab.models import load_trained
-from vaelab.params import load_params
-from vaelab.tracking import continued_run, log_flat_metrics
+from vaelab.params import load_params, stage_variant
+from vaelab.tracking import ExistingRun
 from vaelab.device import pick_device
 
 
 def main() -> None:
-    name = sys.argv[1]
     params = load_params()
-    params.variant(name)
+    name = stage_variant(params, sys.argv)
     opts = params.assess
     device = pick_device()
     model, run_id = load_trained(paths.model_file(name), device)
@@ -44,9 +42,9 @@ def main() -> None:
         results["conditional_accuracy"] = metrics.conditional_accuracy(model, judge, opts.samples_per_digit, generator)
     paths.write_json(paths.assess_metrics_file(name), results)
     paths.write_csv(paths.kl_per_dim_file(name), [{"dim": d, "kl": float(v)} for d, v in enumerate(kl)])
-    with continued_run(params, run_id):
-        log_flat_metrics(results, prefix="assess")
-        mlflow.log_artifact(str(paths.kl_per_dim_file(name)))
+    run = ExistingRun(params, run_id)
+    run.log_metrics(results, prefix="assess")
+    run.log_artifact(str(paths.kl_per_dim_file(name)))
 
 
 if __name__ == "__main__":

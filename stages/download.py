@@ -10,7 +10,7 @@ from vaelab.params import load_params
 
 def main() -> None:
     params = load_params()
-    fetch_mnist(DATA_ROOT, mirror_from_env(), params.data.md5)
+    fetch_mnist(DATA_ROOT, mirror_from_env(), params.data.md5, params.data.timeout_seconds)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,14 @@ from vaelab.data import load_split
 from vaelab.errors import run_stage
 from vaelab.metrics import per_class_reconstruction, test_elbo
 from vaelab.models import load_trained
-from vaelab.params import load_params
-from vaelab.tracking import continued_run, log_flat_metrics
+from vaelab.params import load_params, stage_variant
+from vaelab.tracking import ExistingRun
 from vaelab.device import pick_device
 
 
 def main() -> None:
-    name = sys.argv[1]
     params = load_params()
-    params.variant(name)
+    name = stage_variant(params, sys.argv)
     device = pick_device()
     model, run_id = load_trained(paths.model_file(name), device)
     test = load_split(False, device)
@@ -24,8 +23,7 @@ def main() -> None:
         "per_class": per_class_reconstruction(model, test, params.evaluate.batch_size),
     }
     paths.write_json(paths.test_metrics_file(name), metrics)
-    with continued_run(params, run_id):
-        log_flat_metrics(metrics)
+    ExistingRun(params, run_id).log_metrics(metrics)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ the latent map of the test set (and digits on demand)."""
 import shutil
 import sys
 
-import mlflow
 import torch
 
 from vaelab import paths, render
@@ -12,15 +11,14 @@ from vaelab.data import load_split
 from vaelab.errors import run_stage
 from vaelab.metrics import latent_activity, posterior_means
 from vaelab.models import load_trained
-from vaelab.params import load_params
-from vaelab.tracking import continued_run
+from vaelab.params import load_params, stage_variant
+from vaelab.tracking import ExistingRun
 from vaelab.device import pick_device
 
 
 def main() -> None:
-    name = sys.argv[1]
     params = load_params()
-    params.variant(name)
+    name = stage_variant(params, sys.argv)
     device = pick_device()
     model, run_id = load_trained(paths.model_file(name), device)
     test = load_split(False, device)
@@ -42,8 +40,7 @@ def main() -> None:
     for filename, (images, nrow) in pictures.items():
         render.save_grid(images, out / filename, nrow)
     render.latent_map(means, test.labels, out / "latent_map.png", f"{name}: posterior means of the {len(test)} test digits")
-    with continued_run(params, run_id):
-        mlflow.log_artifacts(str(out), artifact_path="images")
+    ExistingRun(params, run_id).log_artifacts(str(out), artifact_path="images")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """Stage report: reports/README.md and its figures, comparing every variant; logged to each variant's run."""
 
-import mlflow
 
 from vaelab import paths, report
 from vaelab.errors import run_stage
 from vaelab.models import load_trained
 from vaelab.params import Variants, load_params
-from vaelab.tracking import continued_run
+from vaelab.tracking import ExistingRun
 from vaelab.device import pick_device
 
 
@@ -25,9 +24,9 @@ def main() -> None:
         tmp.write_text(report.markdown(results, judge, links))
     for name in Variants.model_fields:
         _, run_id = load_trained(paths.model_file(name), pick_device())
-        with continued_run(params, run_id):
-            mlflow.log_artifact(str(readme), artifact_path="report")
-            mlflow.log_artifacts(str(out), artifact_path="report/figures")
+        run = ExistingRun(params, run_id)
+        run.log_artifact(str(readme), artifact_path="report")
+        run.log_artifacts(str(out), artifact_path="report/figures")
 
 
 if __name__ == "__main__":

@@ -15,17 +15,18 @@ from tqdm import tqdm
 from vaelab import paths, tracking
 from vaelab.data import load_split
 from vaelab.errors import VaelabError, run_stage
-from vaelab.models import VAE, save_trained
-from vaelab.params import load_params
+from vaelab.models import VAE, check_fits_in_memory, save_trained
+from vaelab.params import load_params, stage_variant
 from vaelab.device import pick_device, rebalance_threads
 from vaelab.train import Trainer, code_fingerprint, load_checkpoint, save_checkpoint
 
 
 def main() -> None:
-    name = sys.argv[1]
     params = load_params()
+    name = stage_variant(params, sys.argv)
     variant = params.variant(name)
     device = pick_device()
+    check_fits_in_memory(name, variant, params.latent_dim, device)
     train, test = load_split(True, device), load_split(False, device)
     if params.batch_size > len(train):
         raise VaelabError(f"batch_size {params.batch_size} is larger than the {len(train)} training images; lower it")

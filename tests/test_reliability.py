@@ -3,6 +3,8 @@ clear answers to bad input, and parallel sweeps that lose nothing. Real dvc, pro
 
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -80,6 +82,17 @@ def test_two_runs_from_scratch_are_bit_identical(tmp_path, mirror, uninterrupted
     assert results(again) == results(uninterrupted)
 
 
+COMPETITOR = """
+import torch
+from vaelab.device import pick_device
+pick_device()  # holds a share of the cores, as a second training would
+print("holding", flush=True)
+x = torch.rand(400, 400)
+while True:
+    x = (x @ x).clamp(-1, 1)
+"""
+
+
 def test_a_train_stage_killed_mid_epoch_resumes_in_the_same_run_with_identical_results(tmp_path, mirror, uninterrupted):
     directory, md5 = mirror
     repo = make_repo(tmp_path / "killed", resumable_params(md5))
@@ -90,7 +103,14 @@ def test_a_train_stage_killed_mid_epoch_resumes_in_the_same_run_with_identical_r
     process.wait()
     assert not (repo / "models/vae.pt").exists()
 
-    resumed = run(["dvc", "repro"], repo, env)
+    # another training competes for the cores while this one resumes: it gets fewer threads
+    competitor = start([sys.executable, "-c", COMPETITOR], repo, {})
+    try:
+        assert competitor.stdout.readline().strip() == "holding"
+        resumed = run(["dvc", "repro"], repo, env)
+    finally:
+        competitor.kill()
+        competitor.wait()
 
     assert "vae: resuming after epoch" in resumed.stderr
     assert results(repo) == results(uninterrupted)
@@ -98,6 +118,26 @@ def test_a_train_stage_killed_mid_epoch_resumes_in_the_same_run_with_identical_r
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, 13))
+
+
+def test_one_thread_and_two_threads_train_to_the_same_bits(tmp_path, mirror):
+    directory, md5 = mirror
+    params = small_params(md5, epochs=2)
+    params["variants"]["vae"]["hidden"] = [400]  # products large enough for MKL to split between threads
+    figures = {}
+    for threads in (1, 2):
+        repo = make_repo(tmp_path / f"threads-{threads}", params)
+        env = {"MNIST_MIRROR": str(directory), "OMP_NUM_THREADS": str(threads)}
+        run(["dvc", "repro", "evaluate@vae"], repo, env=env)
+        curves = pd.read_csv(repo / "reports/vae/curves.csv").drop(columns="epoch_seconds").to_dict("list")
+        test = yaml.safe_load((repo / "reports/vae/test.json").read_text())
+        weights = torch.load(repo / "models/vae.pt", weights_only=True)["state_dict"]
+        figures[threads] = curves, test, weights
+    (curves_1, test_1, weights_1), (curves_2, test_2, weights_2) = figures[1], figures[2]
+    assert curves_1 == curves_2 and test_1 == test_2
+    assert weights_1.keys() == weights_2.keys()
+    for name in weights_1:
+        assert torch.equal(weights_1[name], weights_2[name]), name
 
 
 @pytest.mark.parametrize("change", ["params", "code"])
@@ -194,6 +234,7 @@ def one_line_failure(result, *fragments):
         (lambda p: p.update(lr=0), ["lr", "greater than 0"]),
         (lambda p: p["variants"]["cvae"].update(epochs=0), ["variants.cvae.epochs", "greater than 0"]),
         (lambda p: p.update(batch_size=100_000), ["batch_size 100000 is larger than the 320 training images", "lower it"]),
+        (lambda p: p.update(latent_dim=100_000_000), ["latent_dim 100000000 with variants.cvae.hidden [32]", "GiB", "more than the"]),
     ],
 )
 def test_bad_params_stop_training_with_one_line_and_no_output(prepared, tmp_path, change, fragments):
@@ -205,6 +246,44 @@ def test_bad_params_stop_training_with_one_line_and_no_output(prepared, tmp_path
     finally:
         run(["git", "checkout", "params.yaml"], prepared)
     assert not (prepared / "models").exists() and not (prepared / "reports").exists()
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate", "render", "assess"])
+def test_a_per_variant_stage_started_without_its_variant_says_how_to_start_it(prepared, stage):
+    result = run([sys.executable, "-m", f"stages.{stage}"], prepared, check=False)
+    one_line_failure(result, f"usage: python -m stages.{stage} VARIANT", "vae, vae_deep, cvae, vae_anneal")
+
+
+@pytest.fixture
+def store_aside(prepared):
+    """The prepared repository's MLflow store moved aside for the test, and put back after it."""
+    store, aside = prepared / "mlflow.db", prepared / "mlflow.db.aside"
+    if store.exists():
+        store.rename(aside)
+    yield store
+    store.unlink(missing_ok=True)
+    if aside.exists():
+        aside.rename(store)
+
+
+def test_a_damaged_mlflow_store_is_named_with_what_to_do(prepared, store_aside):
+    store_aside.write_bytes(b"this is no SQLite database " * 200)
+    result = run([sys.executable, "-m", "stages.train", "vae"], prepared, check=False)
+    one_line_failure(result, f"the MLflow store sqlite:///{store_aside}", "restore it from a backup", "MLFLOW_TRACKING_URI")
+
+
+def test_a_store_locked_past_the_busy_timeout_is_named_with_what_to_do(prepared, store_aside):
+    params = yaml.safe_load((prepared / "params.yaml").read_text())
+    params["mlflow"]["busy_timeout_seconds"] = 1
+    (prepared / "params.yaml").write_text(yaml.safe_dump(params))
+    holder = sqlite3.connect(store_aside, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing, and taking its time
+    try:
+        result = run([sys.executable, "-m", "stages.train", "vae"], prepared, check=False)
+    finally:
+        holder.close()
+        run(["git", "checkout", "params.yaml"], prepared)
+    one_line_failure(result, "stayed locked by another process", "database is locked", "run again when it is free")
 
 
 def test_a_misspelt_variant_on_the_command_line_is_named(prepared):
@@ -273,15 +352,33 @@ def test_a_download_killed_half_way_leaves_nothing_that_passes_for_data(tmp_path
     try:
         process = start(["dvc", "repro", "download"], repo, {"MNIST_MIRROR": f"http://127.0.0.1:{port}/"})
         deadline = time.monotonic() + 60
-        while not list((repo / "data").glob(".MNIST.partial-*/raw/*")) and time.monotonic() < deadline:
+        while not list((repo / ".dvc/tmp/vaelab").glob(".vaelab-*-MNIST/raw/*")) and time.monotonic() < deadline:
             time.sleep(0.05)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     finally:
         server.kill()
     assert not (repo / "data/MNIST").exists()
+    assert list((repo / ".dvc/tmp/vaelab").glob(".vaelab-*-MNIST/raw/*")), "the download was not under way"
+    assert run(["git", "status", "--porcelain", "--untracked-files=all"], repo).stdout == ""  # git sees nothing left behind
     run(["dvc", "repro", "download"], repo, env={"MNIST_MIRROR": str(directory)})
     assert sorted(p.name for p in (repo / "data").iterdir()) == [".gitignore", "MNIST"]
+    assert not list((repo / ".dvc/tmp/vaelab").glob("*"))  # the next start removed what the killed one left
+
+
+def test_a_mirror_that_accepts_but_never_answers_times_out_naming_the_file_and_the_mirror(tmp_path, mirror):
+    directory, md5 = mirror
+    params = small_params(md5)
+    params["data"]["timeout_seconds"] = 1
+    repo = make_repo(tmp_path / "repo", params)
+    with socket.socket() as silent:  # the kernel accepts connections into the backlog; nothing ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        result = run(["dvc", "repro", "download"], repo, env={"MNIST_MIRROR": url}, check=False)
+    one_line_failure(result, f"cannot download train-images-idx3-ubyte.gz ({url}train-images-idx3-ubyte.gz: no answer within 1 s")
+    assert not (repo / "data/MNIST").exists()
+    assert not list((repo / ".dvc/tmp/vaelab").glob("*"))
 
 
 STALLING_SERVER = """
@@ -322,3 +419,59 @@ def test_a_parallel_queue_of_four_experiments_loses_no_run(tmp_path, mirror):
         assert len(client.list_artifacts(r.info.run_id, "images")) >= 3
     logs = "".join(run(["dvc", "queue", "logs", f"z{d}"], repo, check=False).stdout for d in (2, 3, 5, 7))
     assert "database is locked" not in logs
+
+    # the same experiment alone, with the cores to itself: the same figures as in the parallel queue
+    run(["dvc", "exp", "run", "-n", "alone5", "-S", "latent_dim=5"], repo, env=env)
+
+    def figures(dvc_experiment: str) -> dict:
+        """Every variant's metrics in that experiment's runs, wall-clock times aside."""
+        found = client.search_runs([experiment.experiment_id], filter_string=f"tags.dvc_experiment = '{dvc_experiment}'")
+        return {
+            r.data.tags["variant"]: {k: v for k, v in r.data.metrics.items() if "seconds" not in k}
+            for r in found if r.data.tags["variant"] in VARIANTS
+        }
+
+    alone = figures("alone5")
+    assert set(alone) == set(VARIANTS) and alone == figures("z5")
+
+
+def test_a_stage_killed_while_adding_to_a_finished_run_leaves_it_finished(tmp_path, mirror):
+    directory, md5 = mirror
+    repo = make_repo(tmp_path / "repo", small_params(md5))
+    env = {"MNIST_MIRROR": str(directory)}
+    run(["dvc", "repro", "evaluate@vae"], repo, env=env)
+    client, [trained] = mlflow_runs(repo, "vae")
+
+    process = start(["dvc", "repro", "--force", "--single-item", "evaluate@vae"], repo, env)
+    deadline = time.monotonic() + 120
+    while len(client.get_metric_history(trained.info.run_id, "test/elbo")) < 2 and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # right after the stage added its figures
+    process.wait()
+
+    after = client.get_run(trained.info.run_id).info
+    assert after.status == "FINISHED" and after.end_time == trained.info.end_time
+    assert [r.info.status for r in mlflow_runs(repo, "vae")[1]] == ["FINISHED"]
+
+
+def test_a_full_disk_while_writing_a_checkpoint_says_so_and_keeps_the_previous_one(tmp_path, mirror):
+    directory, md5 = mirror
+    repo = make_repo(tmp_path / "repo", small_params(md5, epochs=3))  # a vae checkpoint is ~0.6 MiB
+    run(["dvc", "repro", "download"], repo, env={"MNIST_MIRROR": str(directory)})
+    disk = repo / "checkpoints"
+    disk.mkdir()
+    # a 1 MiB file system: one checkpoint fits, a second one written beside it does not (needs root, as CI runs)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        result = run([sys.executable, "-m", "stages.train", "vae"], repo, check=False)
+        checkpoint = torch.load(disk / "vae.pt", weights_only=True)
+        left = sorted(p.name for p in disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+    one_line_failure(result, f"no space left on the disk holding {disk}", "vae.pt", "free some space",
+                     "the previous checkpoints/vae.pt is kept")
+    assert checkpoint["trainer"]["epoch"] == 1 and not checkpoint["completed"]
+    assert left == ["vae.pt"]

@@ -2,7 +2,9 @@
 
 import os
 import shutil
+import socket
 import urllib.error
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +14,10 @@ from torchvision.datasets import MNIST
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from vaelab.errors import VaelabError
+from vaelab.paths import atomic_path, clean_scratch
 
 DATA_ROOT = Path("data")  # MNIST(root=DATA_ROOT) reads DATA_ROOT/MNIST/raw
+DOWNLOAD_TIMEOUT_SECONDS = 30.0
 N_CLASSES = 10
 N_PIXELS = 28 * 28
 
@@ -36,22 +40,21 @@ def mirror_from_env() -> str | None:
     return str(path.resolve())
 
 
-def fetch_mnist(root: Path, mirror: str | None, md5: dict[str, str]) -> None:
+def fetch_mnist(root: Path, mirror: str | None, md5: dict[str, str], timeout: float = DOWNLOAD_TIMEOUT_SECONDS) -> None:
     """Fetch, verify and extract the four MNIST files into root/MNIST/raw, all or nothing.
 
-    Files land in a temporary directory first, which replaces root/MNIST only once every
-    checksum has matched, so an interrupted or failed fetch never leaves a file that a later
-    stage could take as valid.
+    Files land in a temporary directory first (vaelab.paths.scratch_path: where neither git nor
+    DVC looks), which replaces root/MNIST only once every checksum has matched, so an
+    interrupted or failed fetch never leaves a file that a later stage could take as valid.
+    A server that does not answer for `timeout` seconds counts as failed.
     """
     final = root / "MNIST"
-    for abandoned in root.glob(".MNIST.partial-*"):  # left by a fetch that was killed
-        shutil.rmtree(abandoned, ignore_errors=True)
-    staging = root / f".MNIST.partial-{os.getpid()}"
-    raw = staging / "raw"
-    raw.mkdir(parents=True)
-    try:
+    clean_scratch(root)
+    with atomic_path(final) as staging:
+        raw = staging / "raw"
+        raw.mkdir(parents=True)
         for filename, official_md5 in MNIST.resources:
-            source = _fetch_one(filename, raw, mirror)
+            source = _fetch_one(filename, raw, mirror, timeout)
             expected = md5.get(filename, official_md5)
             actual = calculate_md5(raw / filename)
             if actual != expected:
@@ -64,12 +67,9 @@ def fetch_mnist(root: Path, mirror: str | None, md5: dict[str, str]) -> None:
             except (OSError, EOFError) as err:
                 raise VaelabError(f"{filename} from {source} cannot be decompressed ({err}); fetch it again") from None
         shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _fetch_one(filename: str, dest: Path, mirror: str | None) -> str:
+def _fetch_one(filename: str, dest: Path, mirror: str | None, timeout: float) -> str:
     if mirror and "://" not in mirror:
         source = Path(mirror) / filename
         if not source.is_file():
@@ -80,13 +80,26 @@ def _fetch_one(filename: str, dest: Path, mirror: str | None) -> str:
     for base in [mirror] if mirror else MNIST.mirrors:
         url = base + filename
         try:
-            download_url(url, str(dest), filename)
+            with socket_timeout(timeout):  # torchvision's download waits forever on a server that never answers
+                download_url(url, str(dest), filename)
             return url
         except (urllib.error.URLError, OSError) as err:
-            errors.append(f"{url}: {getattr(err, 'reason', err)}")
+            reason = getattr(err, "reason", err)
+            timed_out = isinstance(err, TimeoutError) or isinstance(reason, TimeoutError)
+            errors.append(f"{url}: {f'no answer within {timeout:g} s (data.timeout_seconds)' if timed_out else reason}")
     raise VaelabError(
         f"cannot download {filename} ({'; '.join(errors)}); without internet, set MNIST_MIRROR to a local copy"
     )
+
+
+@contextmanager
+def socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ def run_stage(main) -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        from vaelab.paths import clean_scratch  # paths reports its errors through this module
+
+        clean_scratch()
         main()
     except KeyboardInterrupt:
         print("vaelab: interrupted", file=sys.stderr)
@@ -28,10 +31,38 @@ def run_stage(main) -> None:
             raise
         if isinstance(err, VaelabError):
             message = str(err)
+        elif store_problem := _store_problem(err):
+            message = store_problem
         else:
             message = f"{type(err).__name__}: {' '.join(str(err).split())} (set VAELAB_DEBUG=1 for the traceback)"
         print(f"vaelab: error: {message}", file=sys.stderr)
         sys.exit(1)
+
+
+# what SQLite says of an MLflow store it cannot use, and what to do about it
+STORE_FAILURES = {
+    "database disk image is malformed": "is damaged ({cause}): restore it from a backup or move it away, or set "
+    "MLFLOW_TRACKING_URI to another store",
+    "file is not a database": "is not an SQLite database ({cause}): restore it from a backup or move it away, or set "
+    "MLFLOW_TRACKING_URI to another store",
+    "database is locked": "stayed locked by another process for longer than the busy timeout ({cause}): run again when "
+    "it is free, or give a team a tracking server through MLFLOW_TRACKING_URI",
+}
+
+
+def _store_problem(err: BaseException) -> str | None:
+    """One line for an MLflow store that SQLite cannot use, whichever library wrapped the error."""
+    text = []
+    while err is not None:
+        text.append(str(err))
+        err = err.__cause__ or err.__context__
+    for cause, advice in STORE_FAILURES.items():
+        if any(cause in part for part in text):
+            mlflow = sys.modules.get("mlflow")
+            store = mlflow.get_tracking_uri() if mlflow else os.environ.get("MLFLOW_TRACKING_URI", "")
+            return (f"the MLflow store {store} {advice.format(cause=cause)}; training already done is kept in the "
+                    "checkpoints and DVC outputs, and `dvc repro` completes the logging once the store works")
+    return None
 
 
 _critical_depth = 0

@@ -1,5 +1,6 @@
 """The VAE family: MLP encoder to a diagonal Gaussian q(z|x), MLP decoder to Bernoulli logits."""
 
+import os
 from pathlib import Path
 
 import torch
@@ -79,6 +80,29 @@ class VAE(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# float32 weights, their gradients and Adam's two moments
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
+
+
+def check_fits_in_memory(name: str, variant: VariantParams, latent_dim: int, device: torch.device) -> None:
+    """Refuse, before allocating anything, a variant whose training state alone exceeds the device's memory."""
+    n_classes = N_CLASSES if variant.conditional else 0
+    encoder = [N_PIXELS + n_classes, *variant.hidden, 2 * latent_dim]
+    decoder = [latent_dim + n_classes, *reversed(variant.hidden), N_PIXELS]
+    n_parameters = sum(n_in * n_out + n_out for widths in (encoder, decoder) for n_in, n_out in zip(widths, widths[1:]))
+    needed = n_parameters * TRAINING_BYTES_PER_PARAMETER
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise VaelabError(
+            f"latent_dim {latent_dim} with variants.{name}.hidden {variant.hidden} makes {name} {n_parameters:,} parameters: "
+            f"{needed / 2**30:,.1f} GiB for its weights, gradients and Adam's moments, more than the "
+            f"{available / 2**30:,.1f} GiB of this {device.type.upper()}'s memory; lower latent_dim or the hidden widths"
+        )
 
 
 def save_trained(model: VAE, variant: VariantParams, run_id: str, path: Path) -> None:

@@ -18,6 +18,7 @@ class Strict(BaseModel):
 
 class DataParams(Strict):
     md5: dict[str, str] = {}
+    timeout_seconds: float = Field(30.0, gt=0)
 
 
 class VariantParams(Strict):
@@ -68,6 +69,7 @@ class TraversalParams(Strict):
 
 class MlflowParams(Strict):
     experiment: str = Field("vaelab", min_length=1)
+    busy_timeout_seconds: float = Field(60.0, gt=0)
 
 
 class Params(Strict):
@@ -99,6 +101,15 @@ class Params(Strict):
             "lr": self.lr,
             **self.variant(name).model_dump(),
         }
+
+
+def stage_variant(params: Params, argv: list[str]) -> str:
+    """The variant a per-variant stage was started for: `python -m stages.<stage> VARIANT`."""
+    if len(argv) != 2:
+        stage = Path(argv[0]).stem
+        raise VaelabError(f"usage: python -m stages.{stage} VARIANT, with VARIANT one of {', '.join(Variants.model_fields)}")
+    params.variant(argv[1])
+    return argv[1]
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -1,17 +1,21 @@
-"""MLflow: one run per variant per pipeline run; train opens it, evaluate and render add to it."""
+"""MLflow: one run per variant per pipeline run; train opens and closes it, the later stages add to it."""
 
 import os
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from filelock import FileLock
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from vaelab.errors import uninterruptible
-from vaelab.params import Params
+from vaelab.params import MlflowParams, Params
+
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 
 
 def repo_root() -> Path:
@@ -19,25 +23,25 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
 
 
-def use_store(experiment: str) -> None:
+def use_store(opts: MlflowParams) -> None:
     """Point MLflow at the project's store and experiment.
 
     MLFLOW_TRACKING_URI wins; otherwise the store is mlflow.db at the repository root with
     artifacts in mlruns/ beside it, which is what `mlflow ui` started there shows. Both paths
     are absolute, so runs of queued experiments outlive DVC's temporary copies.
 
-    Parallel experiments share that SQLite file: writers wait for each other up to a minute
-    instead of failing with "database is locked", and a file lock lets one process at a time
+    Parallel experiments share that SQLite file: writers wait for each other (up to
+    mlflow.busy_timeout_seconds) instead of failing with "database is locked", and a file lock lets one process at a time
     create or migrate the schema and the experiment.
     """
     custom_uri = os.environ.get("MLFLOW_TRACKING_URI")
     database = repo_root() / "mlflow.db"
-    mlflow.set_tracking_uri(custom_uri or f"sqlite:///{database}?timeout=60")
+    mlflow.set_tracking_uri(custom_uri or f"sqlite:///{database}?timeout={opts.busy_timeout_seconds:g}")
     with FileLock(f"{database}.lock"):
-        if mlflow.get_experiment_by_name(experiment) is None:
+        if mlflow.get_experiment_by_name(opts.experiment) is None:
             artifacts = None if custom_uri else (database.parent / "mlruns").as_uri()
-            mlflow.create_experiment(experiment, artifact_location=artifacts)
-        mlflow.set_experiment(experiment)
+            mlflow.create_experiment(opts.experiment, artifact_location=artifacts)
+        mlflow.set_experiment(opts.experiment)
 
 
 def _git_commit() -> str:
@@ -51,7 +55,7 @@ def training_run(params: Params, variant: str, run_params: dict, resume_run_id: 
 
     It ends FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED on any other error.
     """
-    use_store(params.mlflow.experiment)
+    use_store(params.mlflow)
     if resume_run_id:
         with _run(run_id=resume_run_id) as run:
             yield run
@@ -82,7 +86,7 @@ def log_epochs(run_id: str, records: list[dict]) -> None:
 
 def close_abandoned_run(params: Params, run_id: str) -> None:
     """Mark KILLED a run whose process died (SIGKILL) and whose checkpoint is not resumed."""
-    use_store(params.mlflow.experiment)
+    use_store(params.mlflow)
     client = MlflowClient()
     try:
         if client.get_run(run_id).info.status == "RUNNING":
@@ -91,12 +95,29 @@ def close_abandoned_run(params: Params, run_id: str) -> None:
         pass  # the run is in another store or was deleted: nothing to close
 
 
-@contextmanager
-def continued_run(params: Params, run_id: str):
-    """Reopen the run that the train stage opened, to add results to it."""
-    use_store(params.mlflow.experiment)
-    with _run(run_id=run_id) as run:
-        yield run
+class ExistingRun:
+    """Adds results to a run that another stage opened and closed, through MLflow's client.
+
+    The run is never reopened: its status and end time stay as its training left them, so a
+    stage killed while adding to it (even by SIGKILL) cannot leave it RUNNING.
+    """
+
+    def __init__(self, params: Params, run_id: str):
+        use_store(params.mlflow)
+        self.client, self.run_id = MlflowClient(), run_id
+
+    def log_metrics(self, metrics: dict, prefix: str = "") -> None:
+        """Log a nested dict of figures as metrics named like a/b/c, in one call."""
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, 0) for key, value in flatten(metrics, prefix).items()]
+        for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + MAX_METRICS_PER_BATCH])
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def log_artifacts(self, directory: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, directory, artifact_path)
 
 
 @contextmanager
@@ -117,8 +138,8 @@ def _run(**start_args):
         mlflow.end_run("FINISHED")
 
 
-def log_flat_metrics(metrics: dict, prefix: str = "", step: int | None = None) -> None:
-    """Log a nested dict of figures as metrics named like a/b/c."""
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """A nested dict of figures as one dict of metrics named like a/b/c."""
     flat = {}
 
     def walk(node, path):
@@ -129,4 +150,4 @@ def log_flat_metrics(metrics: dict, prefix: str = "", step: int | None = None) -
             flat[path] = float(node)
 
     walk(metrics, prefix)
-    mlflow.log_metrics(flat, step=step)
+    return flat
