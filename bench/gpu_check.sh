@@ -66,14 +66,14 @@ else
     copy=$(mktemp -d)
     git ls-files -z 2>/dev/null | xargs -0 -I{} cp --parents {} "$copy" 2>/dev/null || cp -r dvc.yaml dvc.lock params.yaml stages vaelab .dvc .dvcignore .gitignore "$copy"
     (
-        cd "$copy" && rm -rf data/MNIST models reports/*/ reports/README.md dvc.lock
+        cd "$copy" && rm -rf data/MNIST models reports comparison dvc.lock
         { git init -q && git add -A && git -c user.name=gpu -c user.email=gpu@vaelab.invalid commit -qm copy; } 2>/dev/null \
             || dvc config core.no_scm true
         dvc config core.analytics false
         begin=$SECONDS rc=0
         MNIST_MIRROR=$OLDPWD/.gpu/mnist timeout "${REPRO_TIMEOUT:-300}" dvc repro || rc=$?
         echo "dvc repro exited $rc after $((SECONDS - begin)) s"
-        cp reports/README.md "$out/repro_report.md" 2>/dev/null
+        cp comparison/README.md "$out/repro_report.md" 2>/dev/null
         exit $rc
     ) 2>&1 | tee "$out/repro.txt" || status=1
 fi

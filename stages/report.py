@@ -1,17 +1,19 @@
-"""Stage report: reports/README.md and its figures, comparing every variant; logged to each variant's run."""
+"""Stage report: comparison/README.md and its figures, every variant of params.yaml side by side;
+logged to each variant's run."""
 
+import os
 
 from vaelab import paths, report
 from vaelab.errors import run_stage
 from vaelab.models import load_trained
-from vaelab.params import Variants, load_params
+from vaelab.params import load_params
 from vaelab.tracking import ExistingRun
 from vaelab.device import pick_device
 
 
 def main() -> None:
     params = load_params()
-    results = [report.VariantResults.read(name) for name in Variants.model_fields]
+    results = [report.VariantResults.read(name) for name in params.variants]
     judge = report.read_json(paths.judge_metrics_file())
     out = paths.report_figures_dir()
     figures = {name: out / f"{name}.png" for name in ["learning_curves", "kl_per_dim", "prior_classes"]}
@@ -19,10 +21,11 @@ def main() -> None:
     report.kl_per_dim(results, figures["kl_per_dim"])
     report.prior_classes(results, figures["prior_classes"])
     readme = paths.report_file()
-    links = {name: str(path.relative_to(readme.parent)) for name, path in figures.items()}
+    links = {name: os.path.relpath(path, readme.parent) for name, path in figures.items()}
+    images = {name: os.path.relpath(paths.images_dir(name), readme.parent) for name in params.variants}
     with paths.atomic_path(readme) as tmp:
-        tmp.write_text(report.markdown(results, judge, links))
-    for name in Variants.model_fields:
+        tmp.write_text(report.markdown(results, judge, links, images))
+    for name in params.variants:
         _, run_id = load_trained(paths.model_file(name), pick_device())
         run = ExistingRun(params, run_id)
         run.log_artifact(str(readme), artifact_path="report")

@@ -8,7 +8,7 @@ from vaelab.params import load_params
 from tests.conftest import PROJECT
 
 PARAMS = load_params(PROJECT / "params.yaml")
-VARIANTS = list(PARAMS.variants.model_dump())
+VARIANTS = list(PARAMS.variants)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -21,7 +21,7 @@ def load_with(tmp_path, change):
 def test_the_shipped_params_are_valid_and_hold_the_reference_settings():
     params = load_params(PROJECT / "params.yaml")
     assert (params.latent_dim, params.batch_size, params.lr) == (20, 128, 1e-3)
-    assert {name: v["epochs"] for name, v in params.variants.model_dump().items()} == {
+    assert {name: v.epochs for name, v in params.variants.items()} == {
         "vae": 15, "vae_deep": 20, "cvae": 100, "vae_anneal": 30
     }
     assert params.variant("vae_anneal").kl_warmup_epochs == 10
@@ -32,7 +32,9 @@ def test_the_shipped_params_are_valid_and_hold_the_reference_settings():
     "change, message",
     [
         (lambda p: p.update(latnet_dim=3), "unknown key 'latnet_dim' (did you mean 'latent_dim'?); allowed here: seed, latent_dim,"),
-        (lambda p: p["variants"].update(vea=p["variants"].pop("vae")), "unknown key 'variants.vea' (did you mean 'vae'?); allowed here: vae, vae_deep, cvae, vae_anneal"),
+        (lambda p: p["variants"]["cvae"].update(hiden=[8]), "unknown key 'variants.cvae.hiden' (did you mean 'hidden'?); allowed here: epochs, hidden,"),
+        (lambda p: p["variants"].update({"Big-VAE": p["variants"]["vae"]}), "variants: 'Big-VAE' cannot name a variant: use lowercase letters"),
+        (lambda p: p.update(variants={}), "variants: dictionary should have at least 1 item"),
         (lambda p: p.update(latent_dim=0), "latent_dim: input should be greater than 0 (got 0)"),
         (lambda p: p.update(latent_dim=-3), "latent_dim: input should be greater than 0 (got -3)"),
         (lambda p: p.update(latent_dim="twenty"), "latent_dim: input should be a valid integer (got 'twenty')"),
@@ -53,5 +55,5 @@ def test_a_bad_param_is_named_in_one_line(tmp_path, change, message):
 
 def test_a_misspelt_variant_name_lists_the_variants():
     params = load_params(PROJECT / "params.yaml")
-    with pytest.raises(VaelabError, match="unknown variant 'cvea'; allowed: vae, vae_deep, cvae, vae_anneal"):
+    with pytest.raises(VaelabError, match="unknown variant 'cvea'; params.yaml has: vae, vae_deep, cvae, vae_anneal"):
         params.variant("cvea")

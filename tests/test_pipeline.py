@@ -139,7 +139,7 @@ def test_assessments_are_in_the_metrics_files_and_the_runs(repo, store):
 
 
 def test_the_report_shows_the_numbers_of_the_metrics_files(repo):
-    report = (repo / "reports/README.md").read_text()
+    report = (repo / "comparison/README.md").read_text()
     summary = report.split("## Every variant")[1].split("\n## ")[0]
     rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in summary.splitlines() if line.startswith("| `")}
     for name in VARIANTS:
@@ -154,8 +154,8 @@ def test_the_report_shows_the_numbers_of_the_metrics_files(repo):
         assert row[8] == f"{assess['active_units']} of 4"
     judge = json.loads((repo / "reports/judge/metrics.json").read_text())
     assert f"{100 * judge['test_accuracy']:.1f}%" in report
-    for figure in ["figures/learning_curves.png", "figures/kl_per_dim.png", "figures/prior_classes.png", "cvae/images/digits_on_demand.png"]:
-        assert f"({figure})" in report and (repo / "reports" / figure).exists()
+    for figure in ["figures/learning_curves.png", "figures/kl_per_dim.png", "figures/prior_classes.png", "../reports/cvae/images/digits_on_demand.png"]:
+        assert f"({figure})" in report and (repo / "comparison" / figure).exists()
 
 
 def test_nothing_changed_means_nothing_to_do(repo):
@@ -187,3 +187,23 @@ def test_queued_experiments_land_in_the_same_store(repo, store, mirror):
         assert client.list_artifacts(r.info.run_id, "images")
     assert not (repo / ".dvc/tmp/exps").exists() or not any((repo / ".dvc/tmp/exps").rglob("mlflow.db"))
 
+
+
+def test_a_variant_added_or_removed_in_params_is_picked_up_everywhere(repo, store, mirror):
+    tiny = "{epochs: 1, hidden: [8], conditional: false, kl_warmup_epochs: 0, lr_schedule: constant}"
+    run(["dvc", "exp", "run", "-n", "retuned", "-S", f"+variants.tiny={tiny}", "-S", "~variants.vae_deep"],
+        repo, env={"MNIST_MIRROR": str(mirror[0])})
+
+    client, experiment_id = store
+    found = client.search_runs([experiment_id], filter_string="tags.dvc_experiment = 'retuned'")
+    # only the new variant trains: the others' stages are unchanged, and DVC reuses their results
+    assert [(r.data.tags["variant"], r.info.status) for r in found] == [("tiny", "FINISHED")]
+    report = (repo / "comparison/README.md").read_text()
+    summary = report.split("## Every variant")[1].split("\n## ")[0]
+    assert [line.split(" | ")[0].strip("| `") for line in summary.splitlines() if line.startswith("| `")] == [
+        "vae", "cvae", "vae_anneal", "tiny"
+    ]
+    assert "vae_deep" not in report
+    assert json.loads((repo / "reports/tiny/test.json").read_text())["test"]["elbo"] < 0
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    assert "reports/tiny/test.json:test.elbo" in shown.splitlines()[0]

@@ -227,7 +227,7 @@ def one_line_failure(result, *fragments):
     "change, fragments",
     [
         (lambda p: p.update(latnet_dim=3), ["unknown key 'latnet_dim'", "allowed here"]),
-        (lambda p: p["variants"].update(vea=p["variants"].pop("vae")), ["unknown key 'variants.vea'", "vae, vae_deep, cvae, vae_anneal"]),
+        (lambda p: p["variants"]["cvae"].update(hiden=[8]), ["unknown key 'variants.cvae.hiden'", "did you mean 'hidden'"]),
         (lambda p: p.update(latent_dim=0), ["latent_dim", "greater than 0", "got 0"]),
         (lambda p: p.update(latent_dim=-2), ["latent_dim", "greater than 0", "got -2"]),
         (lambda p: p.update(latent_dim="big"), ["latent_dim", "valid integer", "'big'"]),

@@ -1,12 +1,14 @@
 """The schema of params.yaml: every stage validates the whole file before doing any work."""
 
 import difflib
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from vaelab.data import DOWNLOAD_TIMEOUT_SECONDS
 from vaelab.errors import VaelabError
 
 PARAMS_FILE = Path("params.yaml")
@@ -18,7 +20,7 @@ class Strict(BaseModel):
 
 class DataParams(Strict):
     md5: dict[str, str] = {}
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(DOWNLOAD_TIMEOUT_SECONDS, gt=0)
 
 
 class VariantParams(Strict):
@@ -29,11 +31,8 @@ class VariantParams(Strict):
     lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
-class Variants(Strict):
-    vae: VariantParams
-    vae_deep: VariantParams
-    cvae: VariantParams
-    vae_anneal: VariantParams
+# a variant's name names its files and its DVC stages (train@<name>)
+VARIANT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class EvaluateParams(Strict):
@@ -78,7 +77,7 @@ class Params(Strict):
     batch_size: PositiveInt
     lr: float = Field(gt=0)
     data: DataParams = DataParams()
-    variants: Variants
+    variants: dict[str, VariantParams] = Field(min_length=1)
     evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()
     judge: JudgeParams = JudgeParams()
@@ -86,10 +85,18 @@ class Params(Strict):
     traversal: TraversalParams = TraversalParams()
     mlflow: MlflowParams = MlflowParams()
 
+    @field_validator("variants")
+    @classmethod
+    def _names_fit_files_and_stages(cls, variants: dict[str, VariantParams]) -> dict[str, VariantParams]:
+        for name in variants:
+            if not VARIANT_NAME.fullmatch(name):
+                raise ValueError(f"'{name}' cannot name a variant: use lowercase letters, digits and _, starting with a letter")
+        return variants
+
     def variant(self, name: str) -> VariantParams:
-        if name not in Variants.model_fields:
-            raise VaelabError(f"unknown variant '{name}'; allowed: {', '.join(Variants.model_fields)}")
-        return getattr(self.variants, name)
+        if name not in self.variants:
+            raise VaelabError(f"unknown variant '{name}'; params.yaml has: {', '.join(self.variants)}")
+        return self.variants[name]
 
     def run_params(self, name: str) -> dict:
         """The flat params that shape one variant's training, as MLflow records them."""
@@ -107,7 +114,7 @@ def stage_variant(params: Params, argv: list[str]) -> str:
     """The variant a per-variant stage was started for: `python -m stages.<stage> VARIANT`."""
     if len(argv) != 2:
         stage = Path(argv[0]).stem
-        raise VaelabError(f"usage: python -m stages.{stage} VARIANT, with VARIANT one of {', '.join(Variants.model_fields)}")
+        raise VaelabError(f"usage: python -m stages.{stage} VARIANT, with VARIANT one of {', '.join(params.variants)}")
     params.variant(argv[1])
     return argv[1]
 
@@ -134,12 +141,18 @@ def describe(error: dict) -> str:
     """One line for the first schema error: the key, and what is allowed there."""
     key = ".".join(str(part) for part in error["loc"]) or "<top level>"
     if error["type"] == "extra_forbidden":
-        parent = Params
-        for part in error["loc"][:-1]:
-            parent = parent.model_fields[part].annotation
+        parent, parts = Params, list(error["loc"][:-1])
+        while parts:
+            parent = parent.model_fields[parts.pop(0)].annotation
+            if get_origin(parent) is dict:  # variants: the next part is a variant's name
+                parts.pop(0)
+                parent = get_args(parent)[1]
         guess = difflib.get_close_matches(str(error["loc"][-1]), list(parent.model_fields), n=1)
         hint = f" (did you mean '{guess[0]}'?)" if guess else ""
         return f"unknown key '{key}'{hint}; allowed here: {', '.join(parent.model_fields)}"
     if error["type"] == "missing":
         return f"missing key '{key}'"
-    return f"{key}: {error['msg'].lower()} (got {error['input']!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message[0].lower() + message[1:]
+    got = "" if isinstance(error["input"], dict) else f" (got {error['input']!r})"
+    return f"{key}: {message}{got}"

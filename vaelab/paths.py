@@ -55,12 +55,16 @@ def judge_metrics_file() -> Path:
     return REPORTS / "judge" / "metrics.json"
 
 
+# apart from reports/: the report stage depends on the whole of reports/, whatever variants params.yaml names
+COMPARISON = Path("comparison")
+
+
 def report_file() -> Path:
-    return REPORTS / "README.md"
+    return COMPARISON / "README.md"
 
 
 def report_figures_dir() -> Path:
-    return REPORTS / "figures"
+    return COMPARISON / "figures"
 
 
 # Inside a DVC repository (where every stage runs), files are written here first: DVC's own

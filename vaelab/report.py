@@ -111,8 +111,9 @@ def _percent(share: float) -> str:
     return f"{100 * share:.1f}%"
 
 
-def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]) -> str:
-    """reports/README.md: tables of every variant and links to the figures, relative to reports/."""
+def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str], images: dict[str, str]) -> str:
+    """comparison/README.md: tables of every variant, and links to the figures and to each variant's images
+    (folders relative to the report)."""
     ks = ", ".join(sorted({str(v.assess["iwae"]["k"]) for v in results}))
     summary = _table(
         ["variant", "epochs", "parameters", "training time", "test ELBO", f"IWAE bound (k={ks})", "reconstruction", "KL",
@@ -184,9 +185,8 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
         "above their reconstructions.",
     ]
     for v in results:
-        images = f"{v.name}/images"
         pictures = ["samples", "traversals", "latent_map", "reconstructions"]
         if "conditional_accuracy" in v.assess:
             pictures.append("digits_on_demand")
-        sections += [f"### `{v.name}`", " ".join(f"![{p}]({images}/{p}.png)" for p in pictures)]
+        sections += [f"### `{v.name}`", " ".join(f"![{p}]({images[v.name]}/{p}.png)" for p in pictures)]
     return "\n\n".join(sections) + "\n"
