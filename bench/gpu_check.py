@@ -6,7 +6,8 @@ Run through bench/gpu_check.sh, which also runs the device-dependent tests:
     bash bench/gpu_check.sh --cpu OUT    # the short mode, on the CPU: a few batches per epoch
 
 For every variant of params.yaml, through the train stage's own Trainer: epochs with the training
-step replayed from CUDA graphs and epochs of eager steps, from the same initial weights; the first
+step compiled and replayed from CUDA graphs (the train stage's way), the same without compiling,
+and epochs of eager steps, from the same initial weights; the first
 epoch's loss against the same epoch on the CPU; one epoch's steps with any host synchronisation an
 error; the epoch's GEMMs alone (bench/floor.py). Then the IWAE bound at the literature's k = 5000 on
 the 10,000 test images, and two runs of `vae` with the same seed in fresh processes, with and without
@@ -94,9 +95,11 @@ def check_variant(params: Params, name: str, train: Split, test: Split, cpu_trai
     graphs = new_trainer(params, name, train, test)
     records = [graphs.train_epoch() for _ in range(TIMED_EPOCHS)]
     result["graph_epoch_seconds"] = [r["epoch_seconds"] for r in records]
-    result["graphs_used"] = graphs.cuda_graphs
+    result["graphs_used"], result["compiled"] = graphs.cuda_graphs, graphs.compiled
     result["first_epoch_loss"] = records[0]["train_loss"]
     if device.type == "cuda":
+        uncompiled = new_trainer(params, name, train, test, compiled=False)
+        result["uncompiled_epoch_seconds"] = [uncompiled.train_epoch()["epoch_seconds"] for _ in range(TIMED_EPOCHS)]
         eager = new_trainer(params, name, train, test, cuda_graphs=False)
         eager_records = [eager.train_epoch() for _ in range(2)]
         result["eager_epoch_seconds"] = [r["epoch_seconds"] for r in eager_records]
@@ -143,6 +146,7 @@ def kernel_profile(trainer: Trainer) -> dict:
         torch.cuda.synchronize()
     steps = trainer.steps_per_epoch
     kinds = {"GEMM": 0.0, "Adam": 0.0, "other (elementwise, reductions, RNG, copies)": 0.0}
+    adam_tags = ("adam", "foreach", "triton_for")  # the fused kernel; Inductor's foreach kernels
     counts = dict.fromkeys(kinds, 0)
     top = []
     for event in prof.key_averages():
@@ -151,7 +155,7 @@ def kernel_profile(trainer: Trainer) -> dict:
         seconds = event.self_device_time_total / 1e6
         name = event.key.lower()
         kind = "GEMM" if any(tag in name for tag in ("gemm", "gemv", "splitk", "xmma", "cutlass")) else (
-            "Adam" if "adam" in name else "other (elementwise, reductions, RNG, copies)")
+            "Adam" if any(tag in name for tag in adam_tags) else "other (elementwise, reductions, RNG, copies)")
         kinds[kind] += seconds
         counts[kind] += event.count
         top.append((seconds, event.count, event.key[:70]))
@@ -263,17 +267,19 @@ def print_report(report: dict) -> None:
     if cpu:
         print(f"CPU figures: {cpu['machine']}, {cpu['threads']} threads, torch {cpu['torch']}, load {cpu['load_average']:.2f}")
     print(f"\none epoch of {report['n_train']} training images (+ the test ELBO on {report['n_test']}), seconds:")
-    print("  vaelab: the train stage's epoch (CUDA graphs on a GPU); eager: the same without graphs; CPU: the")
-    print("  development machine's vaelab epoch; losses: the first epoch's mean train loss here and on this machine's CPU")
-    print(f"  {'variant':<11s} {'vaelab':>8s} {'eager':>8s} {'eager/vaelab':>13s} {'GEMM floor':>11s} {'vaelab/floor':>13s} "
+    print("  vaelab: the train stage's epoch (on a GPU the step compiled and replayed from CUDA graphs); graphs: the")
+    print("  same not compiled; eager: neither; CPU: the development machine's vaelab epoch; losses: the first")
+    print("  epoch's mean train loss here and on this machine's CPU")
+    print(f"  {'variant':<11s} {'vaelab':>8s} {'graphs':>8s} {'eager':>8s} {'eager/vaelab':>13s} {'GEMM floor':>11s} {'vaelab/floor':>13s} "
           f"{'CPU':>7s} {'CPU/vaelab':>11s}  {'loss':>9s} {'loss CPU':>9s} {'gap':>7s}  host syncs in steps")
     for name, v in report["variants"].items():
         if "error" in v:
             print(f"  {name:<11s} ERROR {v['error']}")
             continue
         eager = statistics.median(v["eager_epoch_seconds"]) if "eager_epoch_seconds" in v else math.nan
+        uncompiled = statistics.median(v["uncompiled_epoch_seconds"][1:]) if "uncompiled_epoch_seconds" in v else math.nan
         cpu_epoch = cpu_seconds.get(name, math.nan)
-        print(f"  {name:<11s} {v['epoch_seconds']:8.3f} {eager:8.3f} {eager / v['epoch_seconds']:13.1f} "
+        print(f"  {name:<11s} {v['epoch_seconds']:8.3f} {uncompiled:8.3f} {eager:8.3f} {eager / v['epoch_seconds']:13.1f} "
               f"{v['gemm_floor_seconds']:11.4f} {v['epoch_seconds'] / v['gemm_floor_seconds']:13.1f} "
               f"{cpu_epoch:7.2f} {cpu_epoch / v['epoch_seconds']:11.1f}  {v['first_epoch_loss']:9.3f} "
               f"{v.get('cpu_first_epoch_loss', math.nan):9.3f} {v.get('loss_gap_vs_cpu', math.nan):+7.2%}  "
@@ -304,6 +310,8 @@ def print_report(report: dict) -> None:
                   f"(largest difference {d['largest_weight_difference']:.3g}), epoch {d['second_epoch_seconds']:.3f} s")
         print(f"  cost of torch.use_deterministic_algorithms(True) + CUBLAS_WORKSPACE_CONFIG=:4096:8: "
               f"{det['deterministic_cost']:.2f}x the epoch time")
+    first = {name: v["graph_epoch_seconds"][0] for name, v in report["variants"].items() if "graph_epoch_seconds" in v}
+    print("\nthe first epoch, compiling and capturing included, seconds: " + ", ".join(f"{n} {t:.1f}" for n, t in first.items()))
     for line in report["summary"]:
         print(line)
 
@@ -319,7 +327,9 @@ def summarise(report: dict) -> list[str]:
     if "vae" in cpu:
         line += f" cpu_over_gpu={cpu['vae'] / vae['epoch_seconds']:.1f} (target >= {TARGET_SPEEDUP})"
     if "eager_epoch_seconds" in vae:
-        line += f" eager_over_graphs={statistics.median(vae['eager_epoch_seconds']) / vae['epoch_seconds']:.1f}"
+        line += f" eager_over_vaelab={statistics.median(vae['eager_epoch_seconds']) / vae['epoch_seconds']:.1f}"
+    if "uncompiled_epoch_seconds" in vae:
+        line += f" uncompiled_over_vaelab={statistics.median(vae['uncompiled_epoch_seconds'][1:]) / vae['epoch_seconds']:.2f}"
     lines.append(line)
     return lines
 

@@ -28,17 +28,27 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
 
 
-def sample_posterior(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return mu + noise * (0.5 * logvar).exp()
+def posterior_noise(model: VAE, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The standard normal draws that reparameterise one sample z ~ q(z|x) for each of like's images,
+    on like's device, as floats of the model's weights."""
+    dtype = model.output_layer.weight.dtype
+    return torch.randn((len(like), model.latent_dim), generator=generator, device=like.device, dtype=dtype)
 
 
 def elbo_terms(
     model: VAE, x: torch.Tensor, onehot: torch.Tensor | None = None, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstruction term -log p(x|z) and KL term per image; -ELBO is their sum."""
+    return elbo_terms_given_noise(model, x, onehot, posterior_noise(model, x, generator))
+
+
+def elbo_terms_given_noise(
+    model: VAE, x: torch.Tensor, onehot: torch.Tensor | None, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """elbo_terms with z = mu + noise * sigma: a pure function of its inputs, which torch.compile
+    can fuse whole (a draw from an explicit generator inside would split it)."""
     mu, logvar = model.encode(x, onehot)
-    z = sample_posterior(mu, logvar, generator)
+    z = mu + noise * (0.5 * logvar).exp()
     return bernoulli_nll(model.decode(z, onehot), x), gaussian_kl(mu, logvar)
 
 

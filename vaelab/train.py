@@ -8,7 +8,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from vaelab.data import Split
-from vaelab.elbo import elbo_terms
+from vaelab.elbo import elbo_terms_given_noise, posterior_noise
 from vaelab.errors import VaelabError
 from vaelab.metrics import test_elbo
 from vaelab.models import VAE
@@ -23,19 +23,34 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
     return min(1.0, epoch / warmup_epochs)
 
 
-# A batch size's first step runs eagerly before its step is captured in a CUDA graph: it creates
-# Adam's state and cuBLAS's workspace, which the graph must find in place rather than record.
-EAGER_STEPS_BEFORE_CAPTURE = 1
+def batch_loss(
+    model: VAE, images: torch.Tensor, onehots: torch.Tensor | None, batch: torch.Tensor, noise: torch.Tensor, beta
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's objective on the images indexed by batch, -ELBO summed with the KL term weighted by
+    beta, and the sums of its two terms (reconstruction, KL) without their gradient."""
+    x = images.index_select(0, batch)
+    onehot = None if onehots is None else onehots.index_select(0, batch)
+    rec, kl = elbo_terms_given_noise(model, x, onehot, noise)
+    rec, kl = rec.sum(), kl.sum()
+    return rec + beta * kl, torch.stack([rec.detach(), kl.detach()])
+
+
+# A batch size's first steps run eagerly before its step is captured in a CUDA graph: they create
+# Adam's state and cuBLAS's workspace, which the graph must find in place rather than record, and
+# compile the step's code for the batch size and for Adam with and without its state, as nothing
+# may compile while a graph records.
+EAGER_STEPS_BEFORE_CAPTURE = 2
 
 
 class Trainer:
     """One variant's training state. train_epoch() is one pass over the training set.
 
-    On CUDA the training step is captured in a CUDA graph and replayed: at batch 128 these models
-    are so small that an eager step, a few hundred kernel launches, leaves the GPU waiting on
-    Python. The graph runs the same kernels on the same data with the same random numbers; the KL
-    weight and the learning rate are read from the device, so one graph per batch size serves
-    the whole run.
+    On CUDA the training step is compiled and captured in a CUDA graph, which is replayed: at batch
+    128 these models are so small that an eager step, a few hundred kernel launches, leaves the GPU
+    waiting on Python. torch.compile fuses the step's elementwise work and Adam's update over all
+    parameters into a few kernels; the graph replays them without Python. The random numbers are
+    those of eager steps; the KL weight and the learning rate are read from the device, so one
+    graph per batch size serves the whole run. On the CPU the step runs eagerly, unchanged.
     """
 
     def __init__(
@@ -46,6 +61,7 @@ class Trainer:
         train: Split,
         test: Split,
         cuda_graphs: bool | None = None,
+        compiled: bool | None = None,
     ):
         self.model, self.variant, self.params = model, variant, params
         self.train_split, self.test_split = train, test
@@ -54,10 +70,18 @@ class Trainer:
         self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and device.type != "cuda":
             raise ValueError("CUDA graphs need the data on a CUDA device")
-        # fused Adam: one kernel for all parameters instead of a Python loop over them. A graph
-        # replays it with the learning rate it reads from the device, where the schedule writes it.
-        lr = torch.tensor(params.lr, device=device) if self.cuda_graphs else params.lr
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=self.cuda_graphs)
+        self.compiled = self.cuda_graphs if compiled is None else compiled
+        # The learning rate lives on the device, where the schedule writes it, when a graph replays the
+        # step or compiled code reads it (as a number, it would be baked in).
+        lr = torch.tensor(params.lr, device=device) if self.cuda_graphs or self.compiled else params.lr
+        if self.compiled:
+            # Inductor fuses the foreach update across all parameters; it cannot fuse the fused kernel
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True, capturable=True)
+        else:
+            # fused Adam: one kernel for all parameters instead of a Python loop over them
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=self.cuda_graphs)
+        self._optimizer_step = torch.compile(self.optimizer_step) if self.compiled else self.optimizer_step
+        self._batch_loss = torch.compile(batch_loss, dynamic=False) if self.compiled else batch_loss
         self.scheduler = (
             CosineAnnealingLR(self.optimizer, T_max=variant.epochs) if variant.lr_schedule == "cosine" else None
         )
@@ -137,17 +161,17 @@ class Trainer:
             if on_step:
                 on_step()
 
+    def optimizer_step(self) -> None:
+        self.optimizer.step()  # looked up at each call: the learning rate schedule wraps it
+
     def _step(self, batch: torch.Tensor, beta: float | torch.Tensor) -> None:
         """One Adam step on the training images indexed by batch."""
-        x = self.train_split.images.index_select(0, batch)
-        onehot = None if self.train_onehot is None else self.train_onehot.index_select(0, batch)
-        rec, kl = elbo_terms(self.model, x, onehot, self.generator)
-        rec, kl = rec.sum(), kl.sum()
-        loss = rec + beta * kl
+        noise = posterior_noise(self.model, batch, self.generator)
+        loss, terms = self._batch_loss(self.model, self.train_split.images, self.train_onehot, batch, noise, beta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        self.totals += torch.stack([rec.detach(), kl.detach()])
+        self._optimizer_step()
+        self.totals += terms
 
     def _graphed_step(self, batch: torch.Tensor) -> None:
         """_step, replayed from the CUDA graph of its batch size (captured on its first use after warm-up)."""
