@@ -11,7 +11,7 @@ from vaelab.errors import run_stage
 from vaelab.judge import load_judge
 from vaelab.models import load_trained
 from vaelab.params import load_params, stage_variant
-from vaelab.tracking import ExistingRun
+from vaelab.tracking import model_run
 from vaelab.device import pick_device
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     name = stage_variant(params, sys.argv)
     opts = params.assess
     device = pick_device()
-    model, run_id = load_trained(paths.model_file(name), device)
+    model = load_trained(paths.model_file(name), device)
     judge = load_judge(paths.judge_model_file(), device)
     test = load_split(False, device)
     batch_size = params.evaluate.batch_size
@@ -42,7 +42,7 @@ def main() -> None:
         results["conditional_accuracy"] = metrics.conditional_accuracy(model, judge, opts.samples_per_digit, generator)
     paths.write_json(paths.assess_metrics_file(name), results)
     paths.write_csv(paths.kl_per_dim_file(name), [{"dim": d, "kl": float(v)} for d, v in enumerate(kl)])
-    run = ExistingRun(params, run_id)
+    run = model_run(params, name)
     run.log_metrics(results, prefix="assess")
     run.log_artifact(str(paths.kl_per_dim_file(name)))
 

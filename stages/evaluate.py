@@ -8,7 +8,7 @@ from vaelab.errors import run_stage
 from vaelab.metrics import per_class_reconstruction, test_elbo
 from vaelab.models import load_trained
 from vaelab.params import load_params, stage_variant
-from vaelab.tracking import ExistingRun
+from vaelab.tracking import model_run
 from vaelab.device import pick_device
 
 
@@ -16,14 +16,14 @@ def main() -> None:
     params = load_params()
     name = stage_variant(params, sys.argv)
     device = pick_device()
-    model, run_id = load_trained(paths.model_file(name), device)
+    model = load_trained(paths.model_file(name), device)
     test = load_split(False, device)
     metrics = {
         "test": test_elbo(model, test, params.evaluate.batch_size, params.seed),
         "per_class": per_class_reconstruction(model, test, params.evaluate.batch_size),
     }
     paths.write_json(paths.test_metrics_file(name), metrics)
-    ExistingRun(params, run_id).log_metrics(metrics)
+    model_run(params, name).log_metrics(metrics)
 
 
 if __name__ == "__main__":

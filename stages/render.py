@@ -12,7 +12,7 @@ from vaelab.errors import run_stage
 from vaelab.metrics import latent_activity, posterior_means
 from vaelab.models import load_trained
 from vaelab.params import load_params, stage_variant
-from vaelab.tracking import ExistingRun
+from vaelab.tracking import model_run
 from vaelab.device import pick_device
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     params = load_params()
     name = stage_variant(params, sys.argv)
     device = pick_device()
-    model, run_id = load_trained(paths.model_file(name), device)
+    model = load_trained(paths.model_file(name), device)
     test = load_split(False, device)
     generator = torch.Generator(device).manual_seed(params.seed)
     opts = params.render
@@ -40,7 +40,7 @@ def main() -> None:
     for filename, (images, nrow) in pictures.items():
         render.save_grid(images, out / filename, nrow)
     render.latent_map(means, test.labels, out / "latent_map.png", f"{name}: posterior means of the {len(test)} test digits")
-    ExistingRun(params, run_id).log_artifacts(str(out), artifact_path="images")
+    model_run(params, name).log_artifacts(str(out), artifact_path="images")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,8 @@ import os
 
 from vaelab import paths, report
 from vaelab.errors import run_stage
-from vaelab.models import load_trained
 from vaelab.params import load_params
-from vaelab.tracking import ExistingRun
-from vaelab.device import pick_device
+from vaelab.tracking import model_run
 
 
 def main() -> None:
@@ -26,8 +24,7 @@ def main() -> None:
     with paths.atomic_path(readme) as tmp:
         tmp.write_text(report.markdown(results, judge, links, images))
     for name in params.variants:
-        _, run_id = load_trained(paths.model_file(name), pick_device())
-        run = ExistingRun(params, run_id)
+        run = model_run(params, name)
         run.log_artifact(str(readme), artifact_path="report")
         run.log_artifacts(str(out), artifact_path="report/figures")
 

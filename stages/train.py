@@ -76,7 +76,8 @@ def main() -> None:
             input_example=model.example_input().numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
-        save_trained(model, variant, run.info.run_id, paths.model_file(name))
+        save_trained(model, variant, paths.model_file(name))
+        tracking.tag_trained_model(name)
         save_checkpoint(paths.checkpoint_file(name), trainer, records, run.info.run_id, fingerprint, completed=True)
 
 

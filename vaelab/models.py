@@ -105,21 +105,20 @@ def check_fits_in_memory(name: str, variant: VariantParams, latent_dim: int, dev
         )
 
 
-def save_trained(model: VAE, variant: VariantParams, run_id: str, path: Path) -> None:
-    """The train stage's output: weights, the shape to rebuild them into, and the MLflow run."""
+def save_trained(model: VAE, variant: VariantParams, path: Path) -> None:
+    """The train stage's output: weights and the shape to rebuild them into, nothing else, so two
+    identical trainings write the same bytes (DVC's cache and run-cache reuse them; the MLflow run
+    finds the file by its hash, tracking.model_run)."""
     with atomic_path(path) as tmp:
-        torch.save(
-            {"state_dict": model.state_dict(), "latent_dim": model.latent_dim, "variant": variant.model_dump(), "run_id": run_id},
-            tmp,
-        )
+        torch.save({"state_dict": model.state_dict(), "latent_dim": model.latent_dim, "variant": variant.model_dump()}, tmp)
 
 
-def load_trained(path: Path, device: torch.device) -> tuple[VAE, str]:
-    """The model saved by the train stage, in eval mode, and the id of its MLflow run."""
+def load_trained(path: Path, device: torch.device) -> VAE:
+    """The model saved by the train stage, in eval mode."""
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise VaelabError(f"no trained model at {path}; run the train stage: dvc repro") from None
     model = VAE.for_variant(VariantParams(**saved["variant"]), saved["latent_dim"]).to(device)
     model.load_state_dict(saved["state_dict"])
-    return model.eval(), saved["run_id"]
+    return model.eval()

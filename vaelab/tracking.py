@@ -1,21 +1,30 @@
-"""MLflow: one run per variant per pipeline run; train opens and closes it, the later stages add to it."""
+"""MLflow: one run per variant per training; train opens and closes it, the later stages add to it.
 
+The later stages find the run by the trained model's content hash, a tag of the run, not by an id
+stored in the model: the model file stays the same bytes whoever trained it, and a clone whose
+store lacks the run (pulled from a DVC remote, pointed at another store) still logs its figures.
+"""
+
+import hashlib
 import os
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from filelock import FileLock
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from vaelab import paths
 from vaelab.errors import uninterruptible
 from vaelab.params import MlflowParams, Params
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+MODEL_DIGEST_TAG = "model_sha256"  # the sha256 of the models/<variant>.pt a training run wrote
 
 
 def repo_root() -> Path:
@@ -95,19 +104,56 @@ def close_abandoned_run(params: Params, run_id: str) -> None:
         pass  # the run is in another store or was deleted: nothing to close
 
 
+def model_digest(variant: str) -> str:
+    return hashlib.sha256(paths.model_file(variant).read_bytes()).hexdigest()
+
+
+def tag_trained_model(variant: str) -> None:
+    """Mark the active training run as the one that wrote the variant's model file."""
+    mlflow.set_tag(MODEL_DIGEST_TAG, model_digest(variant))
+
+
+def model_run(params: Params, variant: str) -> "ExistingRun":
+    """The run of the variant's trained model in the current store, for a later stage to add to.
+
+    It is the latest run tagged with the model file's hash (two identical trainings write the
+    same file). A store without one, as in a clone that pulled the model from a DVC remote and
+    points at another store or at none, gets a new finished run with that tag and the variant's
+    params, and the stage says so in one line.
+    """
+    use_store(params.mlflow)
+    digest = model_digest(variant)
+    client = MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    found = client.search_runs(
+        [experiment_id], f"tags.{MODEL_DIGEST_TAG} = '{digest}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if found:
+        return ExistingRun(found[0].info.run_id)
+    tags = {"variant": variant, MODEL_DIGEST_TAG: digest, "git_commit": _git_commit(), "trained_elsewhere": "true"}
+    run = client.create_run(experiment_id, run_name=variant, tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.run_params(variant).items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    print(
+        f"{variant}: no run in this MLflow store trained {paths.model_file(variant)} (sha256 {digest[:12]}); "
+        f"its results go to a new run, {run.info.run_id}",
+        file=sys.stderr,
+    )
+    return ExistingRun(run.info.run_id)
+
+
 class ExistingRun:
-    """Adds results to a run that another stage opened and closed, through MLflow's client.
+    """Adds results to a finished run, through MLflow's client.
 
     The run is never reopened: its status and end time stay as its training left them, so a
     stage killed while adding to it (even by SIGKILL) cannot leave it RUNNING.
     """
 
-    def __init__(self, params: Params, run_id: str):
-        use_store(params.mlflow)
+    def __init__(self, run_id: str):
         self.client, self.run_id = MlflowClient(), run_id
 
     def log_metrics(self, metrics: dict, prefix: str = "") -> None:
-        """Log a nested dict of figures as metrics named like a/b/c, in one call."""
+        """Log a nested dict of figures as metrics named like a/b/c."""
         now = int(time.time() * 1000)
         batch = [Metric(key, value, now, 0) for key, value in flatten(metrics, prefix).items()]
         for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
