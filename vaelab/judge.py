@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from vaelab.data import N_CLASSES, Split
 from vaelab.errors import VaelabError
 from vaelab.params import JudgeParams
-from vaelab.paths import atomic_path
+from vaelab.paths import save_torch
 
 
 class Judge(nn.Module):
@@ -92,8 +92,7 @@ def shifted(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 
 def save_judge(judge: Judge, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": judge.state_dict(), "channels": judge.channels, "hidden": judge.hidden}, tmp)
+    save_torch({"state_dict": judge.state_dict(), "channels": judge.channels, "hidden": judge.hidden}, path)
 
 
 def load_judge(path: Path, device: torch.device) -> Judge:

@@ -9,7 +9,7 @@ from torch import nn
 from vaelab.data import N_CLASSES, N_PIXELS
 from vaelab.errors import VaelabError
 from vaelab.params import VariantParams
-from vaelab.paths import atomic_path
+from vaelab.paths import save_torch
 
 
 def mlp(widths: list[int]) -> nn.Sequential:
@@ -109,8 +109,7 @@ def save_trained(model: VAE, variant: VariantParams, path: Path) -> None:
     """The train stage's output: weights and the shape to rebuild them into, nothing else, so two
     identical trainings write the same bytes (DVC's cache and run-cache reuse them; the MLflow run
     finds the file by its hash, tracking.model_run)."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "latent_dim": model.latent_dim, "variant": variant.model_dump()}, tmp)
+    save_torch({"state_dict": model.state_dict(), "latent_dim": model.latent_dim, "variant": variant.model_dump()}, path)
 
 
 def load_trained(path: Path, device: torch.device) -> VAE:

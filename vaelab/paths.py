@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from vaelab.errors import VaelabError
 
@@ -139,6 +140,13 @@ def _disk_full(err: BaseException, folder: Path) -> bool:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(err, RuntimeError) and "inline_container" in str(err) and shutil.disk_usage(folder).free < 2**20
+
+
+def save_torch(obj, path: Path) -> None:
+    """torch.save, atomically. Through an open file: given a file name, torch names the archive's
+    root folder after it (here the scratch name, which holds the pid), so identical saves would differ."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(obj, file)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -13,7 +13,7 @@ from vaelab.errors import VaelabError
 from vaelab.metrics import test_elbo
 from vaelab.models import VAE
 from vaelab.params import Params, VariantParams
-from vaelab.paths import atomic_path
+from vaelab.paths import save_torch
 
 
 def kl_weight(epoch: int, warmup_epochs: int) -> float:
@@ -214,11 +214,10 @@ def save_checkpoint(
 
     completed: the model is saved and logged; a later run of the stage starts afresh instead of resuming.
     """
-    with atomic_path(path) as tmp:
-        torch.save(
-            {"trainer": trainer.state_dict(), "records": records, "run_id": run_id, "fingerprint": fingerprint, "completed": completed},
-            tmp,
-        )
+    save_torch(
+        {"trainer": trainer.state_dict(), "records": records, "run_id": run_id, "fingerprint": fingerprint, "completed": completed},
+        path,
+    )
 
 
 def load_checkpoint(path: Path) -> dict | None:
