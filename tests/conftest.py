@@ -110,11 +110,16 @@ def make_repo(path: Path, params: dict) -> Path:
 
 def run(command: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command as a user would, with the project's interpreter first on PATH."""
-    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
-    full_env.pop("VAELAB_DEBUG", None)
-    full_env.update(env or {})
-    result = subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, env=user_env(env), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def user_env(env: dict | None = None) -> dict:
+    """A user's environment: the project's interpreter first on PATH, no store or debug setting
+    leaking in from the caller's, then env."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env.pop("VAELAB_DEBUG", None)
+    return {**full_env, **(env or {})}

@@ -33,6 +33,10 @@ def run_stage(main) -> None:
             message = str(err)
         elif store_problem := _store_problem(err):
             message = store_problem
+        elif server_unreachable(err):
+            message = (f"the MLflow tracking server {_tracking_uri()} does not answer ({server_unreachable(err)}); "
+                       "training done so far is kept in the checkpoint: run `dvc repro` again once the server is "
+                       "back, and it resumes where it stopped")
         else:
             message = f"{type(err).__name__}: {' '.join(str(err).split())} (set VAELAB_DEBUG=1 for the traceback)"
         print(f"vaelab: error: {message}", file=sys.stderr)
@@ -52,17 +56,38 @@ STORE_FAILURES = {
 
 def _store_problem(err: BaseException) -> str | None:
     """One line for an MLflow store that SQLite cannot use, whichever library wrapped the error."""
+    for cause, advice in STORE_FAILURES.items():
+        if any(cause in part for part in _messages(err)):
+            return (f"the MLflow store {_tracking_uri()} {advice.format(cause=cause)}; training already done is kept "
+                    "in the checkpoints and DVC outputs, and `dvc repro` completes the logging once the store works")
+    return None
+
+
+# what requests and urllib3 say of a tracking server that is gone, once MLflow's retries are spent
+UNREACHABLE = ["Connection refused", "Failed to establish a new connection", "Connection reset", "Read timed out",
+               "Name or service not known", "Remote end closed connection"]
+
+
+def server_unreachable(err: BaseException) -> str | None:
+    """The cause, if err is a tracking server that does not answer, whichever library wrapped it."""
+    for part in _messages(err):
+        for cause in UNREACHABLE:
+            if cause in part:
+                return cause
+    return None
+
+
+def _messages(err: BaseException | None) -> list[str]:
     text = []
     while err is not None:
         text.append(str(err))
         err = err.__cause__ or err.__context__
-    for cause, advice in STORE_FAILURES.items():
-        if any(cause in part for part in text):
-            mlflow = sys.modules.get("mlflow")
-            store = mlflow.get_tracking_uri() if mlflow else os.environ.get("MLFLOW_TRACKING_URI", "")
-            return (f"the MLflow store {store} {advice.format(cause=cause)}; training already done is kept in the "
-                    "checkpoints and DVC outputs, and `dvc repro` completes the logging once the store works")
-    return None
+    return text
+
+
+def _tracking_uri() -> str:
+    mlflow = sys.modules.get("mlflow")
+    return mlflow.get_tracking_uri() if mlflow else os.environ.get("MLFLOW_TRACKING_URI", "")
 
 
 _critical_depth = 0

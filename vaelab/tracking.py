@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from vaelab import paths
-from vaelab.errors import uninterruptible
+from vaelab.errors import server_unreachable, uninterruptible
 from vaelab.params import MlflowParams, Params
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
@@ -176,7 +176,12 @@ def _run(**start_args):
         with uninterruptible():
             mlflow.end_run("KILLED")
         raise
-    except BaseException:
+    except BaseException as err:
+        if server_unreachable(err):
+            # marking the run FAILED, here or in MLflow's exit hook, would wait out the retries again;
+            # it stays RUNNING, and the resumed training reopens it
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            raise
         with uninterruptible():
             mlflow.end_run("FAILED")
         raise
