@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PROJECT
 
 S3_KEY, S3_SECRET, BUCKET = "vaelab-tests", "vaelab-tests-secret", "mlflow"
@@ -69,8 +71,10 @@ class Postgres:
     """A PostgreSQL cluster of its own: initdb in a temporary folder, as the postgres user when run as root."""
 
     def __init__(self):
-        binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-        self.bin = Path(binaries[-1]) if binaries else Path(shutil.which("initdb") or "initdb").parent
+        binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+        if not binaries[-1]:
+            pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does)")
+        self.bin = Path(binaries[-1]).parent
         self.folder = Path(tempfile.mkdtemp(prefix="vaelab-postgres-"))
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:
@@ -140,7 +144,7 @@ class TeamServer:
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="vaelab-mlflow-server-", suffix=".log")[1])
-        self.start()
+        self.start_seconds = self.start()
 
     def start(self) -> float:
         """Start the server; return the seconds until it answered /health."""
