@@ -11,7 +11,10 @@
 set -euo pipefail
 name=$1 url=$2 commit=$3
 shift 3
-: "${MLFLOW_TRACKING_URI:?set MLFLOW_TRACKING_URI to the team server: runs logged in this temporary clone would be lost}"
+if [[ ${MLFLOW_TRACKING_URI:-} != http://* && ${MLFLOW_TRACKING_URI:-} != https://* ]]; then
+    echo "team/experiment.sh: set MLFLOW_TRACKING_URI to the team's MLflow server, http(s)://HOST:PORT: runs logged in this temporary clone would be lost" >&2
+    exit 2
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vaelab-experiment-$name-XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, user_env
 
 S3_KEY, S3_SECRET, BUCKET = "vaelab-tests", "vaelab-tests-secret", "mlflow"
 
@@ -84,7 +84,11 @@ class Postgres:
         self._postgres(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust"])
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
         self._postgres(["pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start"])
-        self._postgres(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", "CREATE DATABASE mlflow"])
+        try:
+            self._postgres(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", "CREATE DATABASE mlflow"])
+        except BaseException:
+            self.close()
+            raise
         self.uri = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
 
     def _postgres(self, command: list[str]) -> None:
@@ -111,7 +115,11 @@ class SeaweedS3:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
         log = open(self.folder / "log", "wb")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: BUCKET in self.buckets(), "SeaweedFS's S3 with its bucket")
+        try:
+            wait_for(lambda: BUCKET in self.buckets(), "SeaweedFS's S3 with its bucket")
+        except BaseException:
+            self.close()
+            raise
 
     def client(self):
         import boto3
@@ -148,22 +156,24 @@ class TeamServer:
 
     def start(self) -> float:
         """Start the server; return the seconds until it answered /health."""
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        env = user_env({
             "VAELAB_DB_URI": self.postgres.uri,
             "VAELAB_ARTIFACTS": f"s3://{BUCKET}/artifacts",
             "AWS_ACCESS_KEY_ID": S3_KEY,
             "AWS_SECRET_ACCESS_KEY": S3_SECRET,
             "MLFLOW_S3_ENDPOINT_URL": self.s3.endpoint,
-        }
+        })
         started = time.monotonic()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 ["bash", str(PROJECT / "team/mlflow_server.sh"), "--port", str(self.port), "--workers", "1"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        wait_for(self._healthy, "the MLflow server")
+        try:
+            wait_for(self._healthy, "the MLflow server")
+        except BaseException:
+            self.close()
+            raise
         return time.monotonic() - started
 
     def _healthy(self) -> bool:

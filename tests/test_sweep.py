@@ -111,11 +111,13 @@ def test_a_sweep_that_cannot_work_says_why_in_one_line_and_sends_nothing(team, t
     run(["git", "clone", "-q", str(team["root"] / "origin.git"), str(unpushed)], tmp_path)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@vaelab.invalid", "commit", "-q", "--allow-empty", "-m", "local"],
         unpushed)
+    run(["git", "push", "-q", "origin", "HEAD:refs/exps/ab/cdef0123/taken-1"], here)  # as `dvc exp push` names them
     for cwd, name, env, message in [
         (here, "sw", team["env"], "set MLFLOW_TRACKING_URI to the team's MLflow server, http(s)://HOST:PORT (it is unset)"),
         (here, "sw", {**team["env"], "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}, "(it is sqlite:///mlflow.db)"),
         (here, "a b", server, "sweep name 'a b': use letters, digits"),
         (unpushed, "sw", server, "is not on the git remote origin"),
+        (here, "taken", server, "the git remote origin already holds experiments named taken-1: give the sweep another name"),
     ]:
         result = run(["python", "-m", "vaelab.sweep", name, "-S", "latent_dim=2,3"], cwd, env=env, check=False)
         assert result.returncode == 1 and result.stdout == ""

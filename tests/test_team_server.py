@@ -3,6 +3,7 @@ all real, on loopback; the pipeline logs there through MLFLOW_TRACKING_URI alone
 
 import subprocess
 import time
+from contextlib import ExitStack
 
 import pytest
 import torch
@@ -17,13 +18,14 @@ VARIANTS = ["vae", "vae_deep", "cvae", "vae_anneal"]
 
 @pytest.fixture(scope="module")
 def server():
-    postgres = Postgres()
-    s3 = SeaweedS3()
-    server = TeamServer(postgres, s3)
-    yield server
-    server.close()
-    s3.close()
-    postgres.close()
+    with ExitStack() as started:  # whatever started is stopped, even if a later server fails to start
+        postgres = Postgres()
+        started.callback(postgres.close)
+        s3 = SeaweedS3()
+        started.callback(s3.close)
+        server = TeamServer(postgres, s3)
+        started.callback(server.close)
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -44,9 +45,16 @@ def run_experiment(script: str, name: str, url: str, commit: str, args: list[str
     """A Ray task: team/experiment.sh, given as text (a worker has no checkout until it clones)."""
     started = time.monotonic()
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the worker's dvc and git
-    result = subprocess.run(["bash", "-s", "--", name, url, commit, *args], input=script, capture_output=True,
-                            text=True, env={**os.environ, "PATH": path, **env})
-    return result.returncode, result.stdout + result.stderr, time.monotonic() - started
+    process = subprocess.Popen(["bash", "-c", script, "team/experiment.sh", name, url, commit, *args],
+                               env={**os.environ, "PATH": path, **env}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate()
+    except KeyboardInterrupt:  # ray.cancel: stop the experiment and all it started (stages end their runs KILLED)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+        raise
+    return process.returncode, output, time.monotonic() - started
 
 
 def sweep_on_ray(jobs: list[tuple[str, list[str]]], url: str, commit: str, address: str | None, cpus: float,
@@ -68,22 +76,28 @@ def sweep_on_ray(jobs: list[tuple[str, list[str]]], url: str, commit: str, addre
           flush=True)
     LOGS.mkdir(exist_ok=True)
     failed = []
-    while pending:
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        name, args = pending.pop(ready)
-        try:
-            code, output, seconds = ray.get(ready)
-        except ray.exceptions.RayError as err:  # the task's worker or node died
-            code, output, seconds = -1, str(err), float("nan")
-        (LOGS / f"{name}.log").write_text(output)
-        settings = " ".join(args[1::2]) or "no overrides"
-        if code == 0:
-            print(f"{name} ({settings}): done in {seconds:.0f} s", flush=True)
-        else:
-            failed.append(name)
-            last_line = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
-            print(f"{name} ({settings}): failed: {last_line} (log: {LOGS / name}.log)", flush=True)
-    ray.shutdown()
+    try:
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            name, args = pending.pop(ready)
+            try:
+                code, output, seconds = ray.get(ready)
+            except ray.exceptions.RayError as err:  # the task's worker or node died
+                code, output, seconds = -1, str(err), float("nan")
+            (LOGS / f"{name}.log").write_text(output)
+            settings = " ".join(args[1::2]) or "no overrides"
+            if code == 0:
+                print(f"{name} ({settings}): done in {seconds:.0f} s", flush=True)
+            else:
+                failed.append(name)
+                last_line = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
+                print(f"{name} ({settings}): failed: {last_line} (log: {LOGS / name}.log)", flush=True)
+    finally:  # on Ctrl-C, stop the experiments still out there, and give them time to stop
+        for ref in pending:
+            ray.cancel(ref)
+        if pending:
+            ray.wait(list(pending), num_returns=len(pending), timeout=60)
+        ray.shutdown()
     return failed
 
 
@@ -108,11 +122,18 @@ def pushed_commit(remote: str) -> tuple[str, str]:
         git("fetch", "-q", remote)
     except subprocess.CalledProcessError as err:
         raise VaelabError(f"git {' '.join(err.cmd[1:])} failed: {err.stderr.strip()}") from None
-    if not git("branch", "-r", "--contains", commit):
+    if not git("branch", "-r", "--contains", commit, "--list", f"{remote}/*"):
         raise VaelabError(f"commit {commit[:7]} is not on the git remote {remote} ({url}), which workers clone: git push it first")
     if git("status", "--porcelain", "--untracked-files=no"):
         print(f"note: uncommitted changes here are not part of the sweep: workers run commit {commit[:7]}", file=sys.stderr)
     return url, commit
+
+
+def refuse_names_taken(remote: str, names: list[str]) -> None:
+    """Experiments are pushed under their names: a name already on the remote would be refused after training."""
+    refs = git("ls-remote", remote, "refs/exps/*").split()
+    if taken := sorted({ref.rsplit("/", 1)[1] for ref in refs if ref.startswith("refs/exps/")} & set(names)):
+        raise VaelabError(f"the git remote {remote} already holds experiments named {', '.join(taken)}: give the sweep another name")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,9 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
         raise VaelabError(f"sweep name {args.name!r}: use letters, digits, '.', '_' and '-', as git ref names allow")
-    env = {} if args.list else {"MLFLOW_TRACKING_URI": tracking_uri()}  # a Slurm job takes it from its own
+    env = {"MLFLOW_TRACKING_URI": tracking_uri()}
     jobs = experiments(args.name, args.overrides)
     url, commit = pushed_commit(args.remote)
+    refuse_names_taken(args.remote, [name for name, _ in jobs])
     if args.list:
         print("\n".join(shlex.join([name, url, commit, *job_args]) for name, job_args in jobs))
         return

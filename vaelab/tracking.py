@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import mlflow
@@ -178,9 +178,11 @@ def _run(**start_args):
         raise
     except BaseException as err:
         if server_unreachable(err):
-            # marking the run FAILED, here or in MLflow's exit hook, would wait out the retries again;
-            # it stays RUNNING, and the resumed training reopens it
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            # the server is gone or stalled: one brief try to mark the run FAILED (the resumed training
+            # reopens it), not another wait through MLflow's retries, here or in its exit hook
+            os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+            with suppress(Exception):
+                mlflow.end_run("FAILED")
             raise
         with uninterruptible():
             mlflow.end_run("FAILED")
