@@ -8,6 +8,7 @@ import io
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -44,6 +45,8 @@ def exp_show(repo) -> list[dict]:
 def test_a_sweep_on_ray_runs_each_experiment_in_its_own_clone_and_names_the_one_that_failed(team):
     if subprocess.run(["unshare", "-n", "true"]).returncode:
         pytest.skip("a network namespace (unshare -n) needs root; Ray would otherwise bind every interface")
+    if not (shutil.which("ip") and shutil.which("ss")):
+        pytest.skip("ip and ss are not installed (Debian: apt-get install iproute2; .ci/run does)")
     here, root = team["here"], team["root"]
     port = free_port(also_free_at=1)
     env = {**team["env"], "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
