@@ -24,13 +24,12 @@ import secrets
 import shlex
 import shutil
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
 
 from tests.conftest import PROJECT, make_repo, run
-from tests.servers import Postgres, SeaweedS3, TeamServer, free_port
+from tests.servers import free_port, team_server
 
 
 def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
@@ -56,13 +55,7 @@ def main() -> None:
     mirror = {"MNIST_MIRROR": os.environ["MNIST_MIRROR"]} if "MNIST_MIRROR" in os.environ else {}
     figures = {}
 
-    with ExitStack() as started:  # whatever started is stopped, even if a later server fails to start
-        postgres = Postgres()
-        started.callback(postgres.close)
-        s3 = SeaweedS3()
-        started.callback(s3.close)
-        server = TeamServer(postgres, s3)
-        started.callback(server.close)
+    with team_server() as server:
         figures["server_start_seconds"] = server.start_seconds
 
         repo = make_repo(root / "repo", bench_params(args.epochs))

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,17 @@ class TeamServer:
 
     def close(self) -> None:
         stop(self.process)
+
+
+@contextmanager
+def team_server():
+    """PostgreSQL, SeaweedFS and the team's MLflow server on them; whatever started is stopped on
+    leaving, even if a later server fails to start."""
+    with ExitStack() as started:
+        postgres = Postgres()
+        started.callback(postgres.close)
+        s3 = SeaweedS3()
+        started.callback(s3.close)
+        server = TeamServer(postgres, s3)
+        started.callback(server.close)
+        yield server

@@ -3,7 +3,6 @@ all real, on loopback; the pipeline logs there through MLFLOW_TRACKING_URI alone
 
 import subprocess
 import time
-from contextlib import ExitStack
 
 import pytest
 import torch
@@ -11,20 +10,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import PROJECT, make_repo, run, small_params, user_env
-from tests.servers import Postgres, SeaweedS3, TeamServer
+from tests.servers import team_server
 
 VARIANTS = ["vae", "vae_deep", "cvae", "vae_anneal"]
 
 
 @pytest.fixture(scope="module")
 def server():
-    with ExitStack() as started:  # whatever started is stopped, even if a later server fails to start
-        postgres = Postgres()
-        started.callback(postgres.close)
-        s3 = SeaweedS3()
-        started.callback(s3.close)
-        server = TeamServer(postgres, s3)
-        started.callback(server.close)
+    with team_server() as server:
         yield server
 
 
