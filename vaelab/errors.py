@@ -33,8 +33,8 @@ def run_stage(main) -> None:
             message = str(err)
         elif store_problem := _store_problem(err):
             message = store_problem
-        elif server_unreachable(err):
-            message = (f"the MLflow tracking server {_tracking_uri()} does not answer ({server_unreachable(err)}); "
+        elif cause := server_unreachable(err):
+            message = (f"the MLflow tracking server {_tracking_uri()} does not answer ({cause}); "
                        "training done so far is kept in the checkpoint: run `dvc repro` again once the server is "
                        "back, and it resumes where it stopped")
         else:
