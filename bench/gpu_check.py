@@ -60,7 +60,7 @@ def new_trainer(params: Params, name: str, train: Split, test: Split, **options)
     """As the train stage builds it: the initial weights from the seed, drawn on the CPU, then moved."""
     variant = params.variant(name)
     torch.manual_seed(params.seed)
-    model = VAE.for_variant(variant, params.latent_dim).to(train.images.device)
+    model = VAE.for_variant(variant).to(train.images.device)
     return Trainer(model, variant, params, train, test, **options)
 
 

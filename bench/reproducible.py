@@ -42,7 +42,7 @@ def one_epoch(name: str, root: Path) -> None:
     cpu = torch.device("cpu")
     train, test = load_split(True, cpu, root), load_split(False, cpu, root)
     torch.manual_seed(params.seed)
-    model = VAE.for_variant(params.variant(name), params.latent_dim)
+    model = VAE.for_variant(params.variant(name))
     started = time.perf_counter()
     record = Trainer(model, params.variant(name), params, train, test).train_epoch()
     seconds = time.perf_counter() - started

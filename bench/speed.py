@@ -77,7 +77,7 @@ def timed(fn, *args, **kwargs):
 def fresh_model(bench: Bench, name: str, repeat: int) -> VAE:
     """The same initial weights for every candidate of one repeat."""
     torch.manual_seed(bench.params.seed + repeat)
-    return VAE.for_variant(bench.params.variant(name), bench.params.latent_dim)
+    return VAE.for_variant(bench.params.variant(name))
 
 
 def run_reference(bench: Bench, model: VAE) -> tuple[float, float]:
@@ -252,7 +252,7 @@ def main() -> None:
         profile_epoch(bench, "vae")
 
         torch.manual_seed(bench.params.seed)
-        model = VAE.for_variant(bench.params.variant("vae"), bench.params.latent_dim)
+        model = VAE.for_variant(bench.params.variant("vae"))
         elbo = Trainer(model, bench.params.variant("vae"), bench.params, bench.train, bench.test).train_epoch()["test_elbo"]
         print(f"\nIWAE model: vae after one epoch, test ELBO {elbo:.3f} nats per image")
         block = args.iwae_block or bench.params.evaluate.batch_size

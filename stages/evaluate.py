@@ -17,7 +17,7 @@ def main() -> None:
     name = stage_variant(params, sys.argv)
     device = pick_device()
     model = load_trained(paths.model_file(name), device)
-    test = load_split(False, device)
+    test = load_split(False, device, binarize_seed=params.test_binarize_seed(name))
     metrics = {
         "test": test_elbo(model, test, params.evaluate.batch_size, params.seed),
         "per_class": per_class_reconstruction(model, test, params.evaluate.batch_size),

@@ -21,7 +21,7 @@ def main() -> None:
     name = stage_variant(params, sys.argv)
     device = pick_device()
     model = load_trained(paths.model_file(name), device)
-    test = load_split(False, device)
+    test = load_split(False, device, binarize_seed=params.test_binarize_seed(name))
     generator = torch.Generator(device).manual_seed(params.seed)
     opts = params.render
     pictures = {

@@ -26,12 +26,20 @@ def main() -> None:
     name = stage_variant(params, sys.argv)
     variant = params.variant(name)
     device = pick_device()
-    check_fits_in_memory(name, variant, params.latent_dim, device)
-    train, test = load_split(True, device), load_split(False, device)
-    if params.batch_size > len(train):
-        raise VaelabError(f"batch_size {params.batch_size} is larger than the {len(train)} training images; lower it")
+    check_fits_in_memory(name, variant, device)
+    train, test = load_split(True, device), load_split(False, device, binarize_seed=params.test_binarize_seed(name))
+    if variant.train_images:
+        if variant.train_images > len(train):
+            raise VaelabError(
+                f"variants.{name}.train_images is {variant.train_images}, more than the {len(train)} training images; lower it"
+            )
+        train = train.first(variant.train_images)
+    if variant.batch_size > len(train):
+        raise VaelabError(f"batch_size {variant.batch_size} is larger than the {len(train)} training images {name} trains on; lower it")
     torch.manual_seed(params.seed)
-    model = VAE.for_variant(variant, params.latent_dim).to(device)
+    model = VAE.for_variant(variant).to(device)
+    if variant.output_bias_from_data:
+        model.start_output_bias_at(train.images.mean(dim=0))
     trainer = Trainer(model, variant, params, train, test)
 
     fingerprint = {**params.run_params(name), "evaluate_batch_size": params.evaluate.batch_size, "code": code_fingerprint()}

@@ -1,11 +1,14 @@
-"""Latent usage and judged samples: active units, KL per dimension, class shares and their entropy."""
+"""Latent usage and judged samples: active units, KL per dimension, mutual information, class shares and their entropy; the grey entropy floor."""
 
 import math
 
 import pytest
 import torch
 
+from torch.distributions import Normal
+
 from vaelab import metrics, render
+from vaelab.elbo import bernoulli_nll
 from vaelab.data import Split
 from vaelab.models import VAE
 
@@ -67,3 +70,66 @@ def test_traversal_rows_sweep_one_dimension_each():
         expected = torch.sigmoid(model.decode(z)).reshape(1, 28, 28)
     assert torch.allclose(images[5], expected)
     assert not torch.equal(images[0], images[4])
+
+
+def encoder_emitting(latent_dim: int, mu_per_image: torch.Tensor | None, logvar: float) -> VAE:
+    """A VAE whose q(z|x) is N(mu, exp(logvar)): mu = 0 for every image, or mu read off the image's first pixels."""
+    model = VAE(latent_dim=latent_dim, hidden=[4]).double()
+    with torch.no_grad():
+        model.encoder[0].weight.zero_()
+        model.encoder[0].bias.zero_()
+        model.encoder[-1].weight.zero_()
+        model.encoder[-1].bias[:latent_dim] = 0.0
+        model.encoder[-1].bias[latent_dim:] = logvar
+        if mu_per_image is not None:  # the first layer copies pixels 0..latent_dim-1, ReLU passes them, the head emits them as mu
+            model.encoder[0].weight[:latent_dim, :latent_dim] = torch.eye(latent_dim)
+            model.encoder[-1].weight[:latent_dim, :latent_dim] = torch.eye(latent_dim)
+    return model
+
+
+def test_mutual_information_is_zero_for_a_collapsed_posterior_and_log_n_for_distinct_ones():
+    n, latent_dim = 400, 3
+    images = torch.zeros(n, 784, dtype=torch.float64)
+    images[:, :latent_dim] = torch.rand(n, latent_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
+    split = Split(images, torch.zeros(n, dtype=torch.long))
+
+    collapsed = metrics.mutual_information(encoder_emitting(latent_dim, None, 0.0), split, 100, torch.Generator().manual_seed(0))
+    distinct = metrics.mutual_information(encoder_emitting(latent_dim, images, -20.0), split, 100, torch.Generator().manual_seed(0))
+
+    # E[log q(z|x)] is exact (minus the entropy) and E[log q(z)] is sampled, so both estimates carry
+    # the sampling noise of 0.5 * sum of latent_dim squared normals averaged over n: sd sqrt(latent_dim / 2n)
+    noise_sd = math.sqrt(latent_dim / (2 * n))
+    # q(z|x) = p(z) for every x: nothing about x in z
+    assert abs(collapsed) < 4 * noise_sd
+    # posteriors far narrower than their distances apart: each z points at its own image, I = log n
+    assert distinct == pytest.approx(math.log(n), abs=4 * noise_sd)
+
+
+def test_mutual_information_matches_its_definition_term_by_term():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2, hidden=[6]).double()
+    split = Split(torch.rand(30, 784, dtype=torch.float64), torch.zeros(30, dtype=torch.long))
+    estimate = metrics.mutual_information(model, split, 7, torch.Generator().manual_seed(4))
+
+    with torch.no_grad():
+        mu, logvar = model.encode(split.images)
+    posteriors = Normal(mu, (0.5 * logvar).exp())
+    z = mu + torch.randn(mu.shape, generator=torch.Generator().manual_seed(4)).double() * posteriors.scale
+    log_q_own = -posteriors.entropy().sum(dim=1)  # E_q[log q(z|x)], in closed form as He et al.'s code has it
+    log_q_all = Normal(mu.unsqueeze(0), posteriors.scale.unsqueeze(0)).log_prob(z.unsqueeze(1)).sum(dim=2)  # (i, j)
+    log_aggregate = torch.logsumexp(log_q_all, dim=1) - math.log(30)
+    assert estimate == pytest.approx(float((log_q_own - log_aggregate).mean()), abs=1e-9)
+
+
+def test_the_grey_entropy_floor_is_the_pixels_own_entropy_and_bounds_any_reconstruction():
+    half = Split(torch.full((3, 784), 0.5, dtype=torch.float64), torch.zeros(3, dtype=torch.long))
+    binary = Split((torch.rand(3, 784, dtype=torch.float64) > 0.5).double(), torch.zeros(3, dtype=torch.long))
+    grey = Split(torch.rand(50, 784, dtype=torch.float64), torch.zeros(50, dtype=torch.long))
+
+    assert metrics.binary_entropy_floor(half) == pytest.approx(784 * math.log(2))
+    assert metrics.binary_entropy_floor(binary) == 0.0
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for logits in (torch.randn(50, 784, dtype=torch.float64), torch.logit(grey.images)):  # any decoder; the best one
+            assert float(bernoulli_nll(logits, grey.images).mean()) >= metrics.binary_entropy_floor(grey) - 1e-9
+    assert float(bernoulli_nll(torch.logit(grey.images), grey.images).mean()) == pytest.approx(metrics.binary_entropy_floor(grey))

@@ -6,14 +6,16 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from vaelab.data import fetch_mnist, load_split
+from vaelab.data import Split, fetch_mnist, load_split
 from vaelab.elbo import bernoulli_log_likelihood, bernoulli_nll, elbo_terms, iwae_bound
 from vaelab import metrics
 from vaelab.models import VAE
 
 
-def brute_force_bound(model: VAE, x: torch.Tensor, noise: torch.Tensor) -> list[float]:
-    """log (1/k) sum_i p(x, z_i) / q(z_i|x) per image, term by term with torch.distributions and math."""
+def brute_force_bound(model: VAE, x: torch.Tensor, noise: torch.Tensor, target: torch.Tensor | None = None) -> list[float]:
+    """log (1/k) sum_i p(target, z_i) / q(z_i|x) per image, term by term with torch.distributions and
+    math; target is x unless given."""
+    target = x if target is None else target
     mu, logvar = model.encode(x)
     q = Normal(mu, (0.5 * logvar).exp())
     bounds = []
@@ -21,7 +23,7 @@ def brute_force_bound(model: VAE, x: torch.Tensor, noise: torch.Tensor) -> list[
         log_weights = []
         for sample in noise[:, image]:
             z = mu[image] + sample * q.scale[image]
-            log_px = Bernoulli(logits=model.decode(z.unsqueeze(0))[0]).log_prob(x[image]).sum()
+            log_px = Bernoulli(logits=model.decode(z.unsqueeze(0))[0]).log_prob(target[image]).sum()
             log_pz = Normal(0.0, 1.0).log_prob(z).sum()
             log_qz = Normal(mu[image], q.scale[image]).log_prob(z).sum()
             log_weights.append(float(log_px + log_pz - log_qz))
@@ -108,3 +110,58 @@ def test_log_likelihood_of_many_samples_equals_the_training_loss_even_where_exp_
         exact = torch.stack([-bernoulli_nll(model.decode(sample, onehot).double(), x.double()) for sample in z])
     assert torch.isfinite(fast).all()
     assert fast.double().flatten().tolist() == pytest.approx(exact.flatten().tolist(), abs=2e-3)
+
+
+def test_the_binarised_bound_with_the_grey_proposal_equals_brute_force(device):
+    """log p(b) bounded with z drawn from q(z|x) of the grey image x that b was drawn from."""
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2, hidden=[5]).double().to(device)
+    grey = Split(torch.rand(3, 784, dtype=torch.float64, device=device), torch.arange(3, device=device))
+    binary = grey.binarized(seed=5).images
+    k, seed = 6, 11
+    noise = torch.randn((k, 3, 2), generator=torch.Generator(device).manual_seed(seed), dtype=torch.float64, device=device)
+
+    with torch.no_grad():
+        bound = iwae_bound(model, grey.images, None, k, torch.Generator(device).manual_seed(seed), target=binary)
+        expected = brute_force_bound(model, grey.images, noise, target=binary)
+        of_grey = iwae_bound(model, grey.images, None, k, torch.Generator(device).manual_seed(seed))
+
+    assert bound.tolist() == pytest.approx(expected, abs=1e-9)
+    assert not torch.allclose(bound, of_grey)
+
+
+def test_binarising_follows_the_seed_and_draws_each_pixel_with_its_grey_level():
+    grey = Split(torch.linspace(0, 1, 784).repeat(2000, 1), torch.zeros(2000, dtype=torch.long))
+    binary = grey.binarized(seed=3).images
+
+    assert set(binary.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(binary, grey.binarized(seed=3).images)
+    assert not torch.equal(binary, grey.binarized(seed=4).images)
+    assert (binary[:, 0] == 0).all() and (binary[:, -1] == 1).all()  # black stays black, white stays white
+    # each pixel's share of ones over 2000 draws is its grey level, within 4 standard errors
+    share, level = binary.mean(dim=0), grey.images[0]
+    assert ((share - level).abs() <= 4 * (level * (1 - level) / 2000).sqrt() + 1e-6).all()
+
+
+def log_marginal_by_quadrature(model: VAE, target: torch.Tensor) -> list[float]:
+    """log p(b) = log integral p(b|z) N(z; 0, 1) dz for a one-dimensional z, on a fine grid."""
+    grid = torch.linspace(-8, 8, 2001, dtype=torch.float64)
+    log_prior = Normal(0.0, 1.0).log_prob(grid)
+    log_likelihood = -torch.stack([bernoulli_nll(model.decode(grid.unsqueeze(1)), b.expand(len(grid), -1)) for b in target])
+    return (torch.logsumexp(log_likelihood + log_prior, dim=1) + math.log(grid[1] - grid[0])).tolist()
+
+
+def test_the_binarised_bound_rises_with_k_towards_the_exact_log_likelihood():
+    torch.manual_seed(0)
+    model = VAE(latent_dim=1, hidden=[8]).double()
+    grey = Split(torch.rand(60, 784, dtype=torch.float64) * 0.6 + 0.2 * (torch.rand(60, 1, dtype=torch.float64) > 0.5), torch.zeros(60, dtype=torch.long))
+    binary = grey.binarized(seed=0)
+
+    with torch.no_grad():
+        exact = torch.tensor(log_marginal_by_quadrature(model, binary.images), dtype=torch.float64)
+        bounds = {k: metrics.test_iwae(model, grey, k, batch_size=100, seed=1, targets=binary) for k in (1, 10, 1000)}
+
+    # ELBO (k = 1) <= IWAE_10 <= IWAE_1000 <= log p(b), the means over 60 images
+    assert bounds[1] < bounds[10] < bounds[1000] <= float(exact.mean())
+    # most of the ELBO's gap to log p(b) closes by k = 1000
+    assert float(exact.mean()) - bounds[1000] < 0.1 * (float(exact.mean()) - bounds[1])

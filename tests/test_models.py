@@ -14,7 +14,7 @@ VARIANTS = list(PARAMS.variants)
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_variant_maps_images_to_latents_and_back(name):
     variant = PARAMS.variant(name)
-    model = VAE.for_variant(variant, PARAMS.latent_dim)
+    model = VAE.for_variant(variant)
     x = torch.rand(5, 784)
     onehot = torch.eye(10)[:5] if variant.conditional else None
 
@@ -22,15 +22,15 @@ def test_every_variant_maps_images_to_latents_and_back(name):
     logits = model.decode(mu, onehot)
     served = model(model.example_input(5))
 
-    assert mu.shape == logvar.shape == (5, PARAMS.latent_dim)
+    assert mu.shape == logvar.shape == (5, variant.latent_dim)
     assert logits.shape == (5, 784)
     assert served.shape == (5, 784) and served.min() >= 0 and served.max() <= 1
     widths = [layer.out_features for layer in model.encoder if isinstance(layer, torch.nn.Linear)]
-    assert widths == [*variant.hidden, 2 * PARAMS.latent_dim]
+    assert widths == [*variant.hidden, 2 * variant.latent_dim]
 
 
 def test_the_cvae_sees_the_label_in_encoder_and_decoder():
-    model = VAE.for_variant(PARAMS.variant("cvae"), PARAMS.latent_dim)
+    model = VAE.for_variant(PARAMS.variant("cvae"))
     x, z = torch.rand(1, 784), torch.zeros(1, PARAMS.latent_dim)
     as_three, as_eight = torch.eye(10)[[3]], torch.eye(10)[[8]]
 
@@ -43,6 +43,6 @@ def test_the_cvae_sees_the_label_in_encoder_and_decoder():
 
 
 def test_unconditional_variants_take_no_label():
-    model = VAE.for_variant(PARAMS.variant("vae"), PARAMS.latent_dim)
+    model = VAE.for_variant(PARAMS.variant("vae"))
     assert model.encoder[0].in_features == 784
     assert model.decoder[0].in_features == PARAMS.latent_dim

@@ -21,11 +21,20 @@ def load_with(tmp_path, change):
 def test_the_shipped_params_are_valid_and_hold_the_reference_settings():
     params = load_params(PROJECT / "params.yaml")
     assert (params.latent_dim, params.batch_size, params.lr) == (20, 128, 1e-3)
-    assert {name: v.epochs for name, v in params.variants.items()} == {
+    assert {name: params.variant(name).epochs for name in params.pipeline} == {
         "vae": 15, "vae_deep": 20, "cvae": 100, "vae_anneal": 30
     }
     assert params.variant("vae_anneal").kl_warmup_epochs == 10
     assert params.variant("vae_anneal").lr_schedule == "cosine"
+    assert params.variant("vae").latent_dim == 20 and params.variant("vae").batch_size == 128
+
+
+def test_burda_vae_holds_the_papers_settings_off_the_default_pipeline():
+    burda = load_params(PROJECT / "params.yaml").variant("burda_vae")
+    assert (burda.hidden, burda.latent_dim, burda.activation, burda.batch_size) == ([200, 200], 50, "tanh", 20)
+    assert (burda.lr_schedule, burda.epochs, burda.adam_eps, burda.train_images) == ("staged", 3280, 1e-4, 59_600)
+    assert burda.binarize and burda.output_bias_from_data
+    assert "burda_vae" not in load_params(PROJECT / "params.yaml").pipeline
 
 
 @pytest.mark.parametrize(
@@ -41,7 +50,10 @@ def test_the_shipped_params_are_valid_and_hold_the_reference_settings():
         (lambda p: p.update(lr=0.0), "lr: input should be greater than 0 (got 0.0)"),
         (lambda p: p.update(lr=-1), "lr: input should be greater than 0 (got -1.0)"),
         (lambda p: p["variants"]["cvae"].update(epochs=0), "variants.cvae.epochs: input should be greater than 0 (got 0)"),
-        (lambda p: p["variants"]["vae"].update(lr_schedule="linear"), "variants.vae.lr_schedule: input should be 'constant' or 'cosine'"),
+        (lambda p: p["variants"]["vae"].update(lr_schedule="linear"), "variants.vae.lr_schedule: input should be 'constant', 'cosine' or 'staged'"),
+        (lambda p: p.update(pipeline=["vae", "vea"]), "pipeline: 'vea' is not under variants ("),
+        (lambda p: p.update(pipeline=["vae", "vae"]), "pipeline: a variant is named twice"),
+        (lambda p: p["variants"]["vae"].update(activation="gelu"), "variants.vae.activation: input should be 'relu' or 'tanh'"),
         (lambda p: p.pop("batch_size"), "missing key 'batch_size'"),
     ],
 )

@@ -115,11 +115,27 @@ class Split:
     def onehot(self) -> torch.Tensor:
         return F.one_hot(self.labels, N_CLASSES).to(self.images.dtype)
 
+    def first(self, n: int) -> "Split":
+        return Split(self.images[:n], self.labels[:n])
 
-def load_split(train: bool, device: torch.device, root: Path = DATA_ROOT) -> Split:
+    def binarized(self, seed: int) -> "Split":
+        """Binary pixels b ~ Bernoulli(x), the same for a seed on every device: b = 1[u < x] with u
+        uniform on [0, 1), drawn on the CPU (so a black pixel stays 0, a white one 1)."""
+        uniforms = torch.rand(self.images.shape, generator=torch.Generator().manual_seed(seed))
+        return Split(binarize(self.images, uniforms.to(self.images.device)), self.labels)
+
+
+def binarize(images: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] -> binary pixels, P(b = 1) = x for uniforms on [0, 1)."""
+    return (uniforms < images).to(images.dtype)
+
+
+def load_split(train: bool, device: torch.device, root: Path = DATA_ROOT, binarize_seed: int | None = None) -> Split:
+    """One split of the MNIST files under root; with binarize_seed, binarised once by Split.binarized."""
     try:
         mnist = MNIST(str(root), train=train, download=False)
     except RuntimeError:
         raise VaelabError(f"no MNIST data under {root}/MNIST/raw; run the download stage: dvc repro download") from None
     images = mnist.data.reshape(len(mnist.data), N_PIXELS).to(device=device, dtype=torch.float32) / 255
-    return Split(images, mnist.targets.to(device))
+    split = Split(images, mnist.targets.to(device))
+    return split if binarize_seed is None else split.binarized(binarize_seed)

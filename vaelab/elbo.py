@@ -59,6 +59,7 @@ def iwae_bound(
     k: int,
     generator: torch.Generator | None,
     max_elements: int | None = None,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The importance-weighted bound of Burda et al. (2015) on log p(x) per image, in nats (float64).
 
@@ -66,12 +67,16 @@ def iwae_bound(
     k = 1 is the ELBO; the bound does not decrease with k. The k samples go through the decoder
     in chunks of at most max_elements logits, and the log-sum-exp runs over the chunks, so memory
     stays bounded whatever k is.
+
+    target: the pixels whose likelihood is bounded, when they are not x: binary pixels b drawn from
+    the grey image x, bounded with the proposal q(z|x). Any proposal gives a valid bound on log p(b);
+    one fitted to b would give a tighter one.
     """
     mu, logvar = model.encode(x, onehot)
     std = (0.5 * logvar).exp()
     max_elements = max_elements or IWAE_CHUNK_ELEMENTS[x.device.type]
     per_chunk = max(1, max_elements // (len(x) * x.shape[1]))
-    log_likelihood = bernoulli_log_likelihood(model, x, onehot)
+    log_likelihood = bernoulli_log_likelihood(model, x if target is None else target, onehot)
     total = torch.full((len(x),), -torch.inf, dtype=torch.float64, device=x.device)
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)

@@ -1,9 +1,11 @@
 """What a trained model is worth on held-out data, in nats per image."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from vaelab.data import N_CLASSES, Split
+from vaelab.data import N_CLASSES, N_PIXELS, Split
 from vaelab.elbo import bernoulli_nll, elbo_terms, gaussian_kl, iwae_bound
 from vaelab.judge import Judge, classify
 from vaelab.models import VAE
@@ -58,14 +60,58 @@ def per_class_reconstruction(model: VAE, split: Split, batch_size: int) -> dict[
 
 
 @torch.inference_mode()
-def test_iwae(model: VAE, split: Split, k: int, batch_size: int, seed: int) -> float:
-    """The mean importance-weighted bound on log p(x) over the split, k samples per image, from a fixed seed."""
+def test_iwae(model: VAE, split: Split, k: int, batch_size: int, seed: int, targets: Split | None = None) -> float:
+    """The mean importance-weighted bound on log p(x) over the split, k samples per image, from a fixed seed.
+
+    targets: other pixels of the same images to bound the likelihood of (the split binarised), with
+    the proposal q(z|x) of the split's own images.
+    """
     model.eval()
     generator = torch.Generator(split.images.device).manual_seed(seed)
+    targets = targets or split
     total = 0.0
-    for x, _, onehot in _batches(split, model.n_classes > 0, batch_size):
-        total += iwae_bound(model, x, onehot, k, generator).sum()
+    for (x, _, onehot), (target, _, _) in zip(_batches(split, model.n_classes > 0, batch_size), _batches(targets, False, batch_size)):
+        total += iwae_bound(model, x, onehot, k, generator, target=target).sum()
     return float(total) / len(split)
+
+
+def bits_per_dim(log_likelihood: float) -> float:
+    """A log-likelihood in nats per image as the literature's bits per pixel (a positive figure, lower is better)."""
+    return -log_likelihood / (N_PIXELS * math.log(2))
+
+
+def binary_entropy_floor(split: Split) -> float:
+    """The mean over the split of sum_j H(Bernoulli(x_j)), in nats per image: the grey-level
+    reconstruction term's floor. BCE(x, p) = H(x) + KL(Bern(x) || Bern(p)), so no decoder's BCE on
+    grey pixels goes below the entropy of the pixels' own grey levels."""
+    x = split.images.double()
+    entropy = -(torch.special.xlogy(x, x) + torch.special.xlogy(1 - x, 1 - x))
+    return float(entropy.sum() / len(split))
+
+
+@torch.inference_mode()
+def mutual_information(model: VAE, split: Split, batch_size: int, generator: torch.Generator) -> float:
+    """I_q(x; z) = E_x KL(q(z|x) || p(z)) - KL(q(z) || p(z)), in nats, as He et al. (2019) estimate it:
+    E[log q(z|x)] - E[log q(z)] with one z ~ q(z|x) per image, and the aggregate posterior q(z) the
+    mixture of the split's N posteriors (here the whole split, not one batch). At most log N; near 0
+    when the posterior has collapsed to the prior."""
+    model.eval()
+    mu, logvar = (torch.cat(parts).double() for parts in zip(*(
+        model.encode(x, onehot) for x, _, onehot in _batches(split, model.n_classes > 0, batch_size)
+    )))
+    n, latent_dim = mu.shape
+    noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32).double()
+    z = mu + noise * (0.5 * logvar).exp()
+    log_2pi = math.log(2 * math.pi)
+    neg_entropy = (-0.5 * (latent_dim * log_2pi + (1 + logvar).sum(dim=1))).mean()
+    # log N(z_i; mu_j, var_j) for every pair, by expanding the square into two matrix products
+    precision = (-logvar).exp()
+    per_posterior = (mu.square() * precision).sum(dim=1) + logvar.sum(dim=1) + latent_dim * log_2pi
+    log_aggregate = torch.cat([
+        torch.logsumexp(-0.5 * (rows.square() @ precision.T - 2 * rows @ (mu * precision).T + per_posterior), dim=1)
+        for rows in z.split(batch_size)
+    ]) - math.log(n)
+    return float(neg_entropy - log_aggregate.mean())
 
 
 @torch.inference_mode()

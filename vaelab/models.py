@@ -12,14 +12,23 @@ from vaelab.params import VariantParams
 from vaelab.paths import save_torch
 
 
-def mlp(widths: list[int]) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them (none after the last)."""
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(widths: list[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers of the given widths with the activation between them (none after the last)."""
     layers = []
     for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
         if i:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
         layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
+
+
+def layer_widths(latent_dim: int, hidden: list[int], n_classes: int) -> tuple[list[int], list[int]]:
+    """The encoder's and the decoder's widths, input to output. One head emits mu and logvar side by
+    side: one matrix multiply instead of two."""
+    return [N_PIXELS + n_classes, *hidden, 2 * latent_dim], [latent_dim + n_classes, *reversed(hidden), N_PIXELS]
 
 
 class VAE(nn.Module):
@@ -28,17 +37,25 @@ class VAE(nn.Module):
     A CVAE sees the one-hot label concatenated to the encoder's input and to z.
     """
 
-    def __init__(self, latent_dim: int, hidden: list[int], n_classes: int = 0):
+    def __init__(self, latent_dim: int, hidden: list[int], n_classes: int = 0, activation: str = "relu"):
         super().__init__()
         self.latent_dim = latent_dim
         self.n_classes = n_classes
-        # one head emits mu and logvar side by side: one matrix multiply instead of two
-        self.encoder = mlp([N_PIXELS + n_classes, *hidden, 2 * latent_dim])
-        self.decoder = mlp([latent_dim + n_classes, *reversed(hidden), N_PIXELS])
+        encoder, decoder = layer_widths(latent_dim, hidden, n_classes)
+        self.encoder = mlp(encoder, activation)
+        self.decoder = mlp(decoder, activation)
 
     @classmethod
-    def for_variant(cls, variant: VariantParams, latent_dim: int) -> "VAE":
-        return cls(latent_dim, variant.hidden, N_CLASSES if variant.conditional else 0)
+    def for_variant(cls, variant: VariantParams) -> "VAE":
+        """variant: as Params.variant() resolves it, latent_dim set."""
+        return cls(variant.latent_dim, variant.hidden, N_CLASSES if variant.conditional else 0, variant.activation)
+
+    @torch.no_grad()
+    def start_output_bias_at(self, mean_pixels: torch.Tensor) -> None:
+        """Make p(x|z) start at the data's mean image: the output bias at the logit of each pixel's mean
+        (clipped to [0.001, 0.999]), as Burda et al.'s code does, so the first steps learn structure
+        rather than the background."""
+        self.output_layer.bias.copy_(torch.logit(mean_pixels.clamp(0.001, 0.999)))
 
     def _with_label(self, inputs: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
         if not self.n_classes:
@@ -86,11 +103,10 @@ class VAE(nn.Module):
 TRAINING_BYTES_PER_PARAMETER = 4 * 4
 
 
-def check_fits_in_memory(name: str, variant: VariantParams, latent_dim: int, device: torch.device) -> None:
+def check_fits_in_memory(name: str, variant: VariantParams, device: torch.device) -> None:
     """Refuse, before allocating anything, a variant whose training state alone exceeds the device's memory."""
-    n_classes = N_CLASSES if variant.conditional else 0
-    encoder = [N_PIXELS + n_classes, *variant.hidden, 2 * latent_dim]
-    decoder = [latent_dim + n_classes, *reversed(variant.hidden), N_PIXELS]
+    latent_dim = variant.latent_dim
+    encoder, decoder = layer_widths(latent_dim, variant.hidden, N_CLASSES if variant.conditional else 0)
     n_parameters = sum(n_in * n_out + n_out for widths in (encoder, decoder) for n_in, n_out in zip(widths, widths[1:]))
     needed = n_parameters * TRAINING_BYTES_PER_PARAMETER
     if device.type == "cuda":
@@ -109,7 +125,7 @@ def save_trained(model: VAE, variant: VariantParams, path: Path) -> None:
     """The train stage's output: weights and the shape to rebuild them into, nothing else, so two
     identical trainings write the same bytes (DVC's cache and run-cache reuse them; the MLflow run
     finds the file by its hash, tracking.model_run)."""
-    save_torch({"state_dict": model.state_dict(), "latent_dim": model.latent_dim, "variant": variant.model_dump()}, path)
+    save_torch({"state_dict": model.state_dict(), "variant": variant.model_dump()}, path)
 
 
 def load_trained(path: Path, device: torch.device) -> VAE:
@@ -118,6 +134,6 @@ def load_trained(path: Path, device: torch.device) -> VAE:
         saved = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise VaelabError(f"no trained model at {path}; run the train stage: dvc repro") from None
-    model = VAE.for_variant(VariantParams(**saved["variant"]), saved["latent_dim"]).to(device)
+    model = VAE.for_variant(VariantParams(**saved["variant"])).to(device)
     model.load_state_dict(saved["state_dict"])
     return model.eval()

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import ValidationInfo
 
 from vaelab.data import DOWNLOAD_TIMEOUT_SECONDS
 from vaelab.errors import VaelabError
@@ -28,7 +29,17 @@ class VariantParams(Strict):
     hidden: list[PositiveInt] = Field(min_length=1)
     conditional: bool = False
     kl_warmup_epochs: int = Field(0, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # staged: Burda et al.'s 3^i epochs at lr * 10^(-i/7), vaelab.train.staged_lr_factor
+    lr_schedule: Literal["constant", "cosine", "staged"] = "constant"
+    activation: Literal["relu", "tanh"] = "relu"
+    # train on binary pixels b ~ Bernoulli(x), drawn afresh for every batch; tested on the test set binarised once
+    binarize: bool = False
+    output_bias_from_data: bool = False  # the decoder's output bias starts at the logit of the mean training pixel
+    train_images: PositiveInt | None = None  # train on the first this many training images; all when unset
+    adam_eps: float = Field(1e-8, gt=0)
+    # unset: the shared top-level values; Params.variant() fills them in
+    latent_dim: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
 
 
 # a variant's name names its files and its DVC stages (train@<name>)
@@ -37,6 +48,7 @@ VARIANT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 class EvaluateParams(Strict):
     batch_size: PositiveInt = 1000
+    binarize_seed: int = Field(0, ge=0)  # the one binarisation of the test set that binarised figures use
 
 
 class RenderParams(Strict):
@@ -78,6 +90,7 @@ class Params(Strict):
     lr: float = Field(gt=0)
     data: DataParams = DataParams()
     variants: dict[str, VariantParams] = Field(min_length=1)
+    pipeline: list[str] = Field(min_length=1)  # every variant when unset
     evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()
     judge: JudgeParams = JudgeParams()
@@ -93,28 +106,47 @@ class Params(Strict):
                 raise ValueError(f"'{name}' cannot name a variant: use lowercase letters, digits and _, starting with a letter")
         return variants
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_defaults_to_every_variant(cls, data):
+        if isinstance(data, dict) and "pipeline" not in data and isinstance(data.get("variants"), dict):
+            return {**data, "pipeline": list(data["variants"])}
+        return data
+
+    @field_validator("pipeline")
+    @classmethod
+    def _names_defined_variants(cls, pipeline: list[str], info: ValidationInfo) -> list[str]:
+        variants = info.data.get("variants", {})
+        for name in pipeline:
+            if name not in variants:
+                raise ValueError(f"'{name}' is not under variants ({', '.join(variants)})")
+        if len(set(pipeline)) < len(pipeline):
+            raise ValueError("a variant is named twice")
+        return pipeline
+
     def variant(self, name: str) -> VariantParams:
+        """A variant's params, with the shared latent_dim and batch_size where it sets none of its own."""
         if name not in self.variants:
             raise VaelabError(f"unknown variant '{name}'; params.yaml has: {', '.join(self.variants)}")
-        return self.variants[name]
+        variant = self.variants[name]
+        return variant.model_copy(
+            update={"latent_dim": variant.latent_dim or self.latent_dim, "batch_size": variant.batch_size or self.batch_size}
+        )
+
+    def test_binarize_seed(self, name: str) -> int | None:
+        """The seed of the test set's binarisation a variant trained on binary pixels is tested on; None: grey pixels."""
+        return self.evaluate.binarize_seed if self.variants[name].binarize else None
 
     def run_params(self, name: str) -> dict:
         """The flat params that shape one variant's training, as MLflow records them."""
-        return {
-            "variant": name,
-            "seed": self.seed,
-            "latent_dim": self.latent_dim,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            **self.variant(name).model_dump(),
-        }
+        return {"variant": name, "seed": self.seed, "lr": self.lr, **self.variant(name).model_dump()}
 
 
 def stage_variant(params: Params, argv: list[str]) -> str:
     """The variant a per-variant stage was started for: `python -m stages.<stage> VARIANT`."""
     if len(argv) != 2:
         stage = Path(argv[0]).stem
-        raise VaelabError(f"usage: python -m stages.{stage} VARIANT, with VARIANT one of {', '.join(params.variants)}")
+        raise VaelabError(f"usage: python -m stages.{stage} VARIANT, with VARIANT one of {', '.join(params.pipeline)}")
     params.variant(argv[1])
     return argv[1]
 

@@ -159,6 +159,9 @@ class ExistingRun:
         for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=batch[start : start + MAX_METRICS_PER_BATCH])
 
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 

@@ -5,9 +5,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
-from vaelab.data import Split
+from vaelab.data import Split, binarize
 from vaelab.elbo import elbo_terms_given_noise, posterior_noise
 from vaelab.errors import VaelabError
 from vaelab.metrics import test_elbo
@@ -23,12 +23,36 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
     return min(1.0, epoch / warmup_epochs)
 
 
+# Burda et al. (2015), section 5 and their public code (github.com/yburda/iwae): stage i = 0..7 runs
+# 3^i epochs at lr * 10^(-i/7), 3,280 epochs in all.
+STAGES = 8
+
+
+def staged_lr_factor(epoch: int) -> float:
+    """The learning rate of epoch `epoch` (0-based) relative to lr, in the staged schedule; the last
+    stage's rate after its 3,280 epochs."""
+    stage, stage_end = 0, 1
+    while epoch >= stage_end and stage < STAGES - 1:
+        stage += 1
+        stage_end += 3**stage
+    return 10 ** (-stage / 7)
+
+
 def batch_loss(
-    model: VAE, images: torch.Tensor, onehots: torch.Tensor | None, batch: torch.Tensor, noise: torch.Tensor, beta
+    model: VAE,
+    images: torch.Tensor,
+    onehots: torch.Tensor | None,
+    batch: torch.Tensor,
+    noise: torch.Tensor,
+    beta,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's objective on the images indexed by batch, -ELBO summed with the KL term weighted by
-    beta, and the sums of its two terms (reconstruction, KL) without their gradient."""
+    beta, and the sums of its two terms (reconstruction, KL) without their gradient. With uniforms,
+    on the batch binarised by them (vaelab.data.binarize): the encoder sees and the decoder models b."""
     x = images.index_select(0, batch)
+    if uniforms is not None:
+        x = binarize(x, uniforms)
     onehot = None if onehots is None else onehots.index_select(0, batch)
     rec, kl = elbo_terms_given_noise(model, x, onehot, noise)
     rec, kl = rec.sum(), kl.sum()
@@ -76,16 +100,20 @@ class Trainer:
         lr = torch.tensor(params.lr, device=device) if self.cuda_graphs or self.compiled else params.lr
         if self.compiled:
             # Inductor fuses the foreach update across all parameters; it cannot fuse the fused kernel
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True, capturable=True)
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=variant.adam_eps, foreach=True, capturable=True)
         else:
             # fused Adam: one kernel for all parameters instead of a Python loop over them
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=self.cuda_graphs)
+            self.optimizer = torch.optim.Adam(
+                model.parameters(), lr=lr, eps=variant.adam_eps, fused=True, capturable=self.cuda_graphs
+            )
         self._optimizer_step = torch.compile(self.optimizer_step) if self.compiled else self.optimizer_step
         self._batch_loss = torch.compile(batch_loss, dynamic=False) if self.compiled else batch_loss
-        self.scheduler = (
-            CosineAnnealingLR(self.optimizer, T_max=variant.epochs) if variant.lr_schedule == "cosine" else None
-        )
-        # one stream for shuffling and posterior noise, so a run depends on the seed alone
+        self.scheduler = {
+            "constant": lambda: None,
+            "cosine": lambda: CosineAnnealingLR(self.optimizer, T_max=variant.epochs),
+            "staged": lambda: LambdaLR(self.optimizer, staged_lr_factor),
+        }[variant.lr_schedule]()
+        # one stream for shuffling, binarisation and posterior noise, so a run depends on the seed alone
         self.generator = torch.Generator(device).manual_seed(params.seed)
         self.epoch = 0  # epochs completed
         # the epoch's sums of the reconstruction and KL terms, kept on the device (and in place, for the graphs)
@@ -118,7 +146,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-len(self.train_split) // self.params.batch_size)
+        return -(-len(self.train_split) // self.variant.batch_size)
 
     def train_epoch(self, on_step=None) -> dict[str, float]:
         """One epoch; returns its record: mean train loss and its parts, test ELBO, schedule, time."""
@@ -153,7 +181,7 @@ class Trainer:
         self.totals.zero_()
         self.kl_weight.fill_(beta)
         order = torch.randperm(len(self.train_split), generator=self.generator, device=self.totals.device)
-        for batch in order.split(self.params.batch_size):
+        for batch in order.split(self.variant.batch_size):
             if self.cuda_graphs:
                 self._graphed_step(batch)
             else:
@@ -166,8 +194,15 @@ class Trainer:
 
     def _step(self, batch: torch.Tensor, beta: float | torch.Tensor) -> None:
         """One Adam step on the training images indexed by batch."""
+        uniforms = None
+        if self.variant.binarize:
+            uniforms = torch.rand(
+                (len(batch), self.train_split.images.shape[1]), generator=self.generator, device=batch.device
+            )
         noise = posterior_noise(self.model, batch, self.generator)
-        loss, terms = self._batch_loss(self.model, self.train_split.images, self.train_onehot, batch, noise, beta)
+        loss, terms = self._batch_loss(
+            self.model, self.train_split.images, self.train_onehot, batch, noise, beta, uniforms
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._optimizer_step()
