@@ -232,7 +232,7 @@ def measure_cpu_epochs(path: Path, repeats: int = 3) -> None:
     params = load_params()
     with tempfile.TemporaryDirectory() as tmp:
         train, test = load_data(device, Path(tmp), False, params)
-        names = list(params.variants)
+        names = list(params.pipeline)
         seconds = {name: [] for name in names}
         for _ in range(repeats):  # interleaved, so the machine's noise spreads over every variant
             for name in names:
@@ -372,7 +372,7 @@ def main() -> None:
         cpu_train, cpu_test = (Split(s.images.cpu(), s.labels.cpu()) for s in (train, test))
         report["n_train"], report["n_test"] = len(train), len(test)
         models = {}
-        for name in params.variants:
+        for name in params.pipeline:
             print(f"{name}: training on {device} ...", flush=True)
             result = attempt(report["variants"], name, lambda: check_variant(params, name, train, test, cpu_train, cpu_test))
             if result:

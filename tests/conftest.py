@@ -77,8 +77,10 @@ def small_params(md5: dict[str, str], epochs: int = 1) -> dict:
     params["evaluate"]["batch_size"] = 50
     for variant in params["variants"].values():
         variant["epochs"] = epochs
-        variant["kl_warmup_epochs"] = min(variant["kl_warmup_epochs"], 1)
+        variant["kl_warmup_epochs"] = min(variant.get("kl_warmup_epochs", 0), 1)
         variant["hidden"] = [32] * len(variant["hidden"])
+        if "train_images" in variant:
+            variant["train_images"] = N_TRAIN - 20
     params["judge"].update(epochs=2, batch_size=32, lr=0.01, channels=[8, 16], hidden=32, max_shift=0)
     params["assess"].update(iwae_k=8, samples_per_digit=20, prior_samples=200)
     params["traversal"]["dims"] = 3

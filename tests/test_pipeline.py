@@ -1,13 +1,14 @@
 """End to end: the real `dvc repro` and `dvc exp run` on a small generated mirror, checked as a user sees it."""
 
 import json
+import math
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tests.conftest import make_repo, run, small_params
+from tests.conftest import N_TEST, make_repo, run, small_params
 
 VARIANTS = ["vae", "vae_deep", "cvae", "vae_anneal"]
 EPOCHS = 2
@@ -130,6 +131,14 @@ def test_assessments_are_in_the_metrics_files_and_the_runs(repo, store):
         logged = runs[name].data.metrics
         assert logged["assess/iwae/bound"] == assess["iwae"]["bound"]
         assert logged["assess/active_units"] == assess["active_units"]
+        binarized = assess["binarized"]
+        assert (binarized["proposal"], binarized["seed"], binarized["k"]) == ("q(z|x)", 0, 8)
+        assert binarized["bits_per_dim"] == pytest.approx(-binarized["bound"] / (784 * math.log(2)))
+        assert logged["assess/binarized/bound"] == binarized["bound"] < 0
+        assert runs[name].data.tags["binarized_proposal"] == "q(z|x)"
+        assert -1 < assess["mutual_information"] <= math.log(N_TEST) and logged["assess/mutual_information"] == assess["mutual_information"]
+        # the generated digits' grey levels: ~30% noise on every pixel
+        assert assess["grey_entropy_floor"] > 100
         report = {a.path for a in client.list_artifacts(runs[name].info.run_id, "report")}
         assert "report/README.md" in report
         figures = {a.path for a in client.list_artifacts(runs[name].info.run_id, "report/figures")}
@@ -150,8 +159,11 @@ def test_the_report_shows_the_numbers_of_the_metrics_files(repo):
         assert row[1] == str(EPOCHS)
         assert row[2] == f"{assess['n_parameters']:,}"
         assert row[3] == f"{train['wall_seconds']:.0f} s"
-        assert row[4:8] == [f"{test['elbo']:.2f}", f"{assess['iwae']['bound']:.2f}", f"{test['rec']:.2f}", f"{test['kl']:.2f}"]
-        assert row[8] == f"{assess['active_units']} of 4"
+        assert row[4:9] == ["grey", f"{test['elbo']:.2f}", f"{assess['iwae']['bound']:.2f}", f"{test['rec']:.2f}", f"{test['kl']:.2f}"]
+        assert row[9:11] == [f"{assess['binarized']['bound']:.2f}", f"{assess['binarized']['bits_per_dim']:.3f}"]
+        assert row[11:13] == [f"{assess['active_units']} of 4", f"{assess['mutual_information']:.2f}"]
+    floor = json.loads((repo / "reports/vae/assess.json").read_text())["grey_entropy_floor"]
+    assert f"own grey levels, {floor:.2f} nats per image" in report
     judge = json.loads((repo / "reports/judge/metrics.json").read_text())
     assert f"{100 * judge['test_accuracy']:.1f}%" in report
     for figure in ["figures/learning_curves.png", "figures/kl_per_dim.png", "figures/prior_classes.png", "../reports/cvae/images/digits_on_demand.png"]:
@@ -189,21 +201,27 @@ def test_queued_experiments_land_in_the_same_store(repo, store, mirror):
 
 
 
-def test_a_variant_added_or_removed_in_params_is_picked_up_everywhere(repo, store, mirror):
-    tiny = "{epochs: 1, hidden: [8], conditional: false, kl_warmup_epochs: 0, lr_schedule: constant}"
-    run(["dvc", "exp", "run", "-n", "retuned", "-S", f"+variants.tiny={tiny}", "-S", "~variants.vae_deep"],
+def test_variants_added_to_or_removed_from_the_pipeline_are_picked_up_everywhere(repo, store, mirror):
+    """burda_vae, off the default pipeline, joins it for a short run (its own experiment, as the README
+    runs it) and vae_deep leaves it."""
+    run(["dvc", "exp", "run", "-n", "retuned", "-S", "pipeline=[vae,cvae,vae_anneal,burda_vae]"],
         repo, env={"MNIST_MIRROR": str(mirror[0])})
 
     client, experiment_id = store
     found = client.search_runs([experiment_id], filter_string="tags.dvc_experiment = 'retuned'")
     # only the new variant trains: the others' stages are unchanged, and DVC reuses their results
-    assert [(r.data.tags["variant"], r.info.status) for r in found] == [("tiny", "FINISHED")]
+    assert [(r.data.tags["variant"], r.info.status) for r in found] == [("burda_vae", "FINISHED")]
+    assert {key: found[0].data.params[key] for key in ("activation", "binarize", "lr_schedule", "batch_size", "latent_dim")} == {
+        "activation": "tanh", "binarize": "True", "lr_schedule": "staged", "batch_size": "20", "latent_dim": "50"
+    }
     report = (repo / "comparison/README.md").read_text()
     summary = report.split("## Every variant")[1].split("\n## ")[0]
-    assert [line.split(" | ")[0].strip("| `") for line in summary.splitlines() if line.startswith("| `")] == [
-        "vae", "cvae", "vae_anneal", "tiny"
-    ]
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in summary.splitlines() if line.startswith("| `")}
+    assert list(rows) == ["vae", "cvae", "vae_anneal", "burda_vae"]
+    assert [row[4] for row in rows.values()] == ["grey", "grey", "grey", "binary"]
     assert "vae_deep" not in report
-    assert json.loads((repo / "reports/tiny/test.json").read_text())["test"]["elbo"] < 0
+    assessed = json.loads((repo / "reports/burda_vae/assess.json").read_text())
+    assert assessed["binarized"]["proposal"] == "q(z|b)" and assessed["binarized"]["bound"] == assessed["iwae"]["bound"]
+    assert json.loads((repo / "reports/burda_vae/test.json").read_text())["test"]["elbo"] < 0
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
-    assert "reports/tiny/test.json:test.elbo" in shown.splitlines()[0]
+    assert "reports/burda_vae/test.json:test.elbo" in shown.splitlines()[0]

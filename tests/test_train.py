@@ -80,12 +80,16 @@ def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(device, 
         assert torch.equal(resumed.model.state_dict()[name], weight), name
 
 
-def test_the_cuda_graphs_replay_the_eager_steps(device):
+@pytest.mark.parametrize("schedule, binarize", [("cosine", False), ("staged", True)])
+def test_the_cuda_graphs_replay_the_eager_steps(schedule, binarize, device):
+    """Also with the binarisation's uniforms drawn inside the captured step (burda_vae's step)."""
     if device.type != "cuda":
         pytest.skip("CUDA graphs need a CUDA device (bench/gpu_check.sh runs this on one)")
     records = {}
     for graphs in (False, True):
-        trainer = tiny_trainer(epochs=3, warmup=2, schedule="cosine", device=device, cuda_graphs=graphs, compiled=False)
+        trainer = tiny_trainer(
+            epochs=3, warmup=2, schedule=schedule, device=device, binarize=binarize, cuda_graphs=graphs, compiled=False
+        )
         records[graphs] = without_time([trainer.train_epoch() for _ in range(3)])
     assert trainer.graphs.keys() == {32, 8}  # both batch sizes were captured and replayed
     for eager, graphed in zip(records[False], records[True]):
