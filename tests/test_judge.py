@@ -36,3 +36,23 @@ def test_shifted_batches_move_whole_digits_by_at_most_max_shift():
         rows, cols = moved[0].nonzero().unbind(1)
         assert moved.sum() == batch.sum() and torch.equal(moved[0], moved[2])
         assert abs(int(rows.min()) - 10) <= 2 and abs(int(cols.min()) - 12) <= 2
+
+
+def test_the_judge_trains_to_the_same_bits_on_one_thread_and_on_two(mirror, tmp_path):
+    """The stages' thread count follows the machine's load: the judge must not depend on it."""
+    directory, md5 = mirror
+    fetch_mnist(tmp_path, str(directory), md5)
+    train = load_split(True, torch.device("cpu"), tmp_path)
+    opts = JudgeParams(epochs=1, batch_size=64, lr=0.01, channels=[8, 16], hidden=32, max_shift=2)
+    weights = {}
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            judge = Judge(opts.channels, opts.hidden)
+            train_judge(judge, opts, train, seed=0)
+            weights[n] = judge.state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(weights[1][name], weights[2][name]) for name in weights[1])

@@ -4,6 +4,7 @@ Trained on the MNIST training set like the VAEs: batches sliced from tensors hel
 """
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -40,11 +41,27 @@ class Judge(nn.Module):
         return self.net(pixels.reshape(-1, 1, 28, 28))
 
 
+@contextmanager
+def thread_count_independent():
+    """On the CPU, oneDNN's convolutions sum in an order that depends on the thread count, which
+    follows the machine's load (vaelab/device.py): the judge, and every digit it reads, would too.
+    Without oneDNN, PyTorch's own convolutions go through MKL's matrix products, which give the same
+    bits whatever the thread count (vaelab/__init__.py). The backward pass picks its kernels when it
+    runs, so the whole training loop runs inside."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
 @torch.inference_mode()
 def classify(judge: Judge, pixels: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """The digit the judge reads in each image."""
     judge.eval()
-    return torch.cat([judge(chunk).argmax(dim=1) for chunk in pixels.split(batch_size)])
+    with thread_count_independent():
+        return torch.cat([judge(chunk).argmax(dim=1) for chunk in pixels.split(batch_size)])
 
 
 def accuracy(judge: Judge, split: Split) -> float:
@@ -58,23 +75,30 @@ def train_judge(judge: Judge, opts: JudgeParams, train: Split, seed: int, on_ste
     scheduler = CosineAnnealingLR(optimizer, T_max=opts.epochs)
     generator = torch.Generator(train.images.device).manual_seed(seed)
     records = []
-    for epoch in range(1, opts.epochs + 1):
-        started = time.perf_counter()
-        judge.train()
-        total = torch.zeros((), dtype=torch.float64, device=train.images.device)
-        order = torch.randperm(len(train), generator=generator, device=train.images.device)
-        for batch in order.split(opts.batch_size):
-            images = shifted(train.images[batch], opts.max_shift, generator)
-            loss = F.cross_entropy(judge(images), train.labels[batch], reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-            if on_step:
-                on_step()
-        scheduler.step()
-        records.append({"epoch": epoch, "train_loss": float(total) / len(train), "epoch_seconds": time.perf_counter() - started})
+    with thread_count_independent():
+        for epoch in range(1, opts.epochs + 1):
+            records.append(_train_epoch(judge, opts, train, optimizer, generator, epoch, on_step))
+            scheduler.step()
     return records
+
+
+def _train_epoch(
+    judge: Judge, opts: JudgeParams, train: Split, optimizer, generator: torch.Generator, epoch: int, on_step
+) -> dict[str, float]:
+    started = time.perf_counter()
+    judge.train()
+    total = torch.zeros((), dtype=torch.float64, device=train.images.device)
+    order = torch.randperm(len(train), generator=generator, device=train.images.device)
+    for batch in order.split(opts.batch_size):
+        images = shifted(train.images[batch], opts.max_shift, generator)
+        loss = F.cross_entropy(judge(images), train.labels[batch], reduction="sum")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+        if on_step:
+            on_step()
+    return {"epoch": epoch, "train_loss": float(total) / len(train), "epoch_seconds": time.perf_counter() - started}
 
 
 def shifted(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
