@@ -168,7 +168,9 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
         "samples from the variant's own encoder: q(z|x) of the grey image for a grey variant (any proposal gives a valid "
         "lower bound; one fitted to b would give a tighter one), q(z|b) for a variant trained on binary pixels. That column "
         "and its bits per dimension (-bound / (784 ln 2)) compare with the binarised-MNIST literature, e.g. Burda et al. "
-        "(2015), Table 1: -86.76 nats for a one-layer VAE, k = 5000.",
+        "(2015), Table 1: -86.76 nats for a one-layer VAE, k = 5000."
+        + (" A conditional variant's figures are given the digit's label: its binarised bound is on log p(b | label), "
+           "which unconditional models do not compute." if any("conditional_accuracy" in v.assess for v in results) else ""),
         f"The IWAE bound (Burda et al., 2015) uses k importance samples per test image; k = 1 is the ELBO. An active "
         f"unit is a latent dimension whose posterior mean varies over the test set (variance above 0.01). Mutual "
         f"information I_q(x; z), in nats, as He et al. (2019) estimate it with the test set's posteriors as the aggregate "
