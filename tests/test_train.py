@@ -64,14 +64,16 @@ def test_a_constant_schedule_keeps_the_learning_rate(device):
     assert [trainer.train_epoch()["lr"] for _ in range(3)] == pytest.approx([0.01] * 3, rel=1e-7)
 
 
-def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(device, tmp_path):
-    uninterrupted = tiny_trainer(epochs=4, warmup=2, schedule="cosine", device=device)
+@pytest.mark.parametrize("schedule, binarize", [("cosine", False), ("staged", True)])
+def test_a_run_resumed_from_its_checkpoint_equals_the_uninterrupted_one(schedule, binarize, device, tmp_path):
+    """Also for burda_vae's staged rates and binarisation draws, which the checkpoint must carry on."""
+    uninterrupted = tiny_trainer(epochs=4, warmup=2, schedule=schedule, device=device, binarize=binarize)
     expected = without_time([uninterrupted.train_epoch() for _ in range(4)])
 
-    first = tiny_trainer(epochs=4, warmup=2, schedule="cosine", device=device)
+    first = tiny_trainer(epochs=4, warmup=2, schedule=schedule, device=device, binarize=binarize)
     records = [first.train_epoch() for _ in range(2)]
     save_checkpoint(tmp_path / "checkpoint.pt", first, records, "run", {})
-    resumed = tiny_trainer(epochs=4, warmup=2, schedule="cosine", device=device)
+    resumed = tiny_trainer(epochs=4, warmup=2, schedule=schedule, device=device, binarize=binarize)
     resumed.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["trainer"])
     records += [resumed.train_epoch() for _ in range(2)]
 
