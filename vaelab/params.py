@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
-from pydantic import ValidationInfo
+from pydantic import (
+    BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
+)
 
 from vaelab.data import DOWNLOAD_TIMEOUT_SECONDS
 from vaelab.errors import VaelabError
