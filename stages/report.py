@@ -1,12 +1,15 @@
-"""Stage report: comparison/README.md and its figures, every variant of the pipeline side by side;
-logged to each variant's run."""
+"""Stage report: comparison/README.md and its figures, every variant of the pipeline side by side; the
+headline figures DVC lists as metrics; the report as one HTML page in each variant's MLflow run."""
 
 import os
+import sys
+import tempfile
+from pathlib import Path
 
 from vaelab import paths, report
 from vaelab.errors import run_stage
 from vaelab.params import load_params
-from vaelab.tracking import model_run
+from vaelab.tracking import model_run, runs_table_url
 
 
 def main() -> None:
@@ -21,12 +24,20 @@ def main() -> None:
     readme = paths.report_file()
     links = {name: os.path.relpath(path, readme.parent) for name, path in figures.items()}
     images = {name: os.path.relpath(paths.images_dir(name), readme.parent) for name in params.pipeline}
+    text = report.markdown(results, judge, links, images)
     with paths.atomic_path(readme) as tmp:
-        tmp.write_text(report.markdown(results, judge, links, images))
-    for name in params.pipeline:
-        run = model_run(params, name)
-        run.log_artifact(str(readme), artifact_path="report")
-        run.log_artifacts(str(out), artifact_path="report/figures")
+        tmp.write_text(text)
+    summary = report.summary(results, judge)
+    paths.write_json(paths.report_metrics_file(), summary)
+    with tempfile.TemporaryDirectory() as scratch:
+        page = Path(scratch) / "report.html"
+        page.write_text(report.html_page(text, readme.parent, "vaelab: comparison of the variants"))
+        for name in params.pipeline:
+            model_run(params, name, {}).log_artifact(str(page))
+    print(f"report: {len(results)} variants side by side in {readme}; headline figures in {paths.report_metrics_file()}")
+    print(f"report: MLflow's runs table (`mlflow ui` for this store): {runs_table_url(params.mlflow)}")
+    if any(v.final_kl_weight < 1 for v in results):
+        print("report: KL warm-up unfinished for " + ", ".join(v.name for v in results if v.final_kl_weight < 1) + " (marked †)", file=sys.stderr)
 
 
 if __name__ == "__main__":

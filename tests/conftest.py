@@ -14,7 +14,7 @@ import torch
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "vaelab", "team", ".gitignore", ".dvcignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "vaelab", "team", "plots", ".gitignore", ".dvcignore"]
 N_TRAIN, N_TEST = 320, 100
 # where the device-dependent tests compute; bench/gpu_check.sh runs them with VAELAB_TEST_DEVICE=cuda
 TEST_DEVICE = torch.device(os.environ.get("VAELAB_TEST_DEVICE", "cpu"))

@@ -81,20 +81,6 @@ class VAE(nn.Module):
     def output_layer(self) -> nn.Linear:
         return self.decoder[-1]
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Reconstruct through the posterior mean: the served model's prediction, pixels in [0, 1].
-
-        inputs: the 784 pixels, followed for a CVAE by the 10-wide one-hot label.
-        """
-        x, onehot = inputs[:, :N_PIXELS], (inputs[:, N_PIXELS:] if self.n_classes else None)
-        mu, _ = self.encode(x, onehot)
-        return torch.sigmoid(self.decode(mu, onehot))
-
-    def example_input(self, n: int = 2) -> torch.Tensor:
-        """A valid batch for forward(): what MLflow records as the model's input example."""
-        onehot = torch.eye(N_CLASSES)[torch.arange(n) % N_CLASSES]
-        return self._with_label(torch.zeros(n, N_PIXELS), onehot)
-
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -139,8 +139,12 @@ class Params(Strict):
         return self.evaluate.binarize_seed if self.variants[name].binarize else None
 
     def run_params(self, name: str) -> dict:
-        """The flat params that shape one variant's training, as MLflow records them."""
-        return {"variant": name, "seed": self.seed, "lr": self.lr, **self.variant(name).model_dump()}
+        """The flat params that shape one variant's training and its test curve, as MLflow records them."""
+        return {"variant": name, "seed": self.seed, "lr": self.lr, **self.variant(name).model_dump(), **self.settings("evaluate")}
+
+    def settings(self, *sections: str) -> dict:
+        """Sections of params.yaml as flat params, as MLflow records them: {"assess.iwae_k": 50, ...}."""
+        return {f"{section}.{key}": value for section in sections for key, value in getattr(self, section).model_dump().items()}
 
 
 def stage_variant(params: Params, argv: list[str]) -> str:

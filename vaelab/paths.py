@@ -1,6 +1,7 @@
 """Where each stage's outputs live (dvc.yaml names the same paths), and how they are written."""
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -66,6 +67,10 @@ def report_file() -> Path:
 
 def report_figures_dir() -> Path:
     return COMPARISON / "figures"
+
+
+def report_metrics_file() -> Path:
+    return COMPARISON / "metrics.json"
 
 
 # Inside a DVC repository (where every stage runs), files are written here first: DVC's own
@@ -147,6 +152,10 @@ def save_torch(obj, path: Path) -> None:
     root folder after it (here the scratch name, which holds the pid), so identical saves would differ."""
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
         torch.save(obj, file)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_json(path: Path, data: dict) -> None:

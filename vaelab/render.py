@@ -20,10 +20,28 @@ def _onehot(labels: torch.Tensor, model: VAE) -> torch.Tensor | None:
     return F.one_hot(labels, N_CLASSES).float() if model.n_classes else None
 
 
+PADDING = 2
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
-    grid = make_grid(images, nrow=nrow, padding=2, pad_value=0.5)
+    grid = make_grid(images, nrow=nrow, padding=PADDING, pad_value=0.5)
     with atomic_path(path) as tmp:
         save_image(grid, tmp)
+
+
+def save_labelled_grid(images: torch.Tensor, path: Path, columns: list[str], rows: list[str], xlabel: str, ylabel: str, title: str) -> None:
+    """The grid of save_grid, len(columns) digits per row, with its axes named and each row and column labelled."""
+    grid = make_grid(images, nrow=len(columns), padding=PADDING, pad_value=0.5)[0]
+    cell = 28 + PADDING
+    figure = Figure(figsize=(1.2 + 0.55 * len(columns), 1.0 + 0.55 * len(rows)), layout="constrained")
+    axes = figure.subplots()
+    axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+    axes.set_xticks([PADDING + cell * i + 14 for i in range(len(columns))], columns)
+    axes.set_yticks([PADDING + cell * i + 14 for i in range(len(rows))], rows)
+    axes.tick_params(length=0)
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110)
 
 
 @torch.inference_mode()

@@ -1,10 +1,14 @@
-"""The comparison report: every variant side by side, each figure read from the run's metrics files."""
+"""The comparison report: every variant side by side, each figure read from the run's metrics files.
+Also the compact summary DVC shows as metrics, and the report as one self-contained HTML page for MLflow."""
 
+import base64
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import markdown as markdown_to_html
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -39,8 +43,41 @@ class VariantResults:
         )
 
 
+    @property
+    def final_kl_weight(self) -> float:
+        return float(self.curves["kl_weight"].iloc[-1])
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def summary(results: list[VariantResults], judge: dict) -> dict:
+    """The headline figures DVC lists as metrics, one figure per variant under each name: `dvc exp show`
+    puts every variant's test ELBO and IWAE bound first (columns elbo.<variant>, iwae.<variant>).
+    No timings: a figure that differs in every run would defeat `dvc exp show --only-changed`."""
+    figures = {
+        "elbo": lambda v: v.test["test"]["elbo"],
+        "iwae": lambda v: v.assess["iwae"]["bound"],
+        "binarized_bound": lambda v: v.assess["binarized"]["bound"],
+        "active_units": lambda v: v.assess["active_units"],
+    }
+    metrics = {name: {v.name: figure(v) for v in results} for name, figure in figures.items()}
+    return {**metrics, "judge_accuracy": judge["test_accuracy"]}
+
+
+def html_page(markdown_text: str, folder: Path, title: str) -> str:
+    """The Markdown report as one HTML page with its pictures inside it (as data: URIs), so that it
+    shows whole wherever it is copied, MLflow's artifact viewer included. Image paths are relative to folder."""
+    body = markdown_to_html.markdown(markdown_text, extensions=["tables"])
+
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    style = "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} img{vertical-align:top}"
+    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style></head><body>\n{body}\n</body></html>\n"
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -111,6 +148,41 @@ def _percent(share: float) -> str:
     return f"{100 * share:.1f}%"
 
 
+# (file name, heading, caption, width in pixels): every variant's picture side by side, the same size
+PICTURES = [
+    ("samples", "Samples from the prior", "Mean images of p(x|z) for 64 draws z ~ N(0, I); a conditional variant is given the "
+     "digits 0-9 in turn.", 260),
+    ("reconstructions", "Test digits and their reconstructions", "The first test digits (top row) and their "
+     "reconstructions through the posterior mean (bottom row).", 260),
+    ("interpolation_3_to_8", "Interpolation", "Decoded points on the line between the posterior means of the first test 3 "
+     "and the first test 8.", 520),
+    ("traversals", "Latent traversals", "One row per most active latent dimension, most active first: that coordinate "
+     "set to values from -`traversal.span` to +`traversal.span` prior standard deviations, the others held at the "
+     "first test digit's posterior mean.", 340),
+    ("latent_map", "The test set in latent space", "Posterior means of the test digits, their first two principal "
+     "components, coloured by digit.", 340),
+    ("digits_on_demand", "Digits on demand", "A conditional variant asked for each digit in turn, one row per digit.", 260),
+]
+
+
+def _pictures(results: list[VariantResults], images: dict[str, str]) -> list[str]:
+    """One section per kind of picture, every variant that has it side by side at one width, with its caption."""
+    sections = ["## Pictures"]
+    for stem, heading, caption, width in PICTURES:
+        shown = [v.name for v in results if stem != "digits_on_demand" or "conditional_accuracy" in v.assess]
+        if not shown:
+            continue
+        side_by_side = width <= 340
+        cells = [f'<img src="{images[name]}/{stem}.png" width="{width}" alt="{name}: {heading.lower()}">' for name in shown]
+        if side_by_side:
+            grid = ("<table><tr>" + "".join(f"<th>{name}</th>" for name in shown) + "</tr><tr>"
+                    + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr></table>")
+        else:
+            grid = "<br>\n".join(cells)
+        sections += [f"### {heading}", f"*{caption}*", grid]
+    return sections
+
+
 def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str], images: dict[str, str]) -> str:
     """comparison/README.md: tables of every variant, and links to the figures and to each variant's images
     (folders relative to the report)."""
@@ -121,7 +193,7 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
          "conditional accuracy"],
         [
             [
-                f"`{v.name}`",
+                f"`{v.name}`" + (" †" if v.final_kl_weight < 1 else ""),
                 str(len(v.curves)),
                 f"{v.assess['n_parameters']:,}",
                 f"{v.train['wall_seconds']:.0f} s",
@@ -151,6 +223,7 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
         [[f"`{v.name}`", *(_percent(v.assess["prior_samples"]["shares"][d]) for d in DIGITS)] for v in results],
     )
     conditional = [v for v in results if "conditional_accuracy" in v.assess]
+    unfinished = [v for v in results if v.final_kl_weight < 1]
     sections = [
         "# vaelab: comparison of the variants",
         "Written by the pipeline's `report` stage from the metrics files of the same run (`reports/<variant>/*.json`, "
@@ -179,6 +252,9 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
         f"correctly; it reads the samples below. The digit entropy of samples from the prior is log2(10) = {math.log2(N_CLASSES):.2f} bits "
         f"when all ten digits are equally common. Conditional accuracy: the share of digits generated on demand that the judge "
         f"reads as the digit asked for.",
+        *([f"† **KL warm-up unfinished**: {', '.join(f'`{v.name}` trained its last epoch at KL weight {v.final_kl_weight:.2f}' for v in unfinished)}. "
+           "Its figures are not those of the schedule it names, and do not compare with the others'; give it more epochs "
+           "than `kl_warmup_epochs`."] if unfinished else []),
         *(["\\* A conditional variant is given the ten labels in turn when it samples from the prior, so its samples "
            "cover the ten digits by construction; its conditional accuracy says how well it obeys the labels."] if conditional else []),
         "## Reconstruction error per digit",
@@ -198,15 +274,6 @@ def markdown(results: list[VariantResults], judge: dict, figures: dict[str, str]
         f"![learning curves]({figures['learning_curves']})",
         "## Latent usage",
         f"![KL per latent dimension]({figures['kl_per_dim']})",
-        "## Pictures of each variant",
-        "Samples from the prior; latent traversals (one row per most active dimension, most active first: that "
-        "coordinate set to values from -`traversal.span` to +`traversal.span`, the prior's standard deviations, the "
-        "others held at the first test digit's posterior mean); the test set's posterior means in 2-D; test digits "
-        "above their reconstructions.",
+        *_pictures(results, images),
     ]
-    for v in results:
-        pictures = ["samples", "traversals", "latent_map", "reconstructions"]
-        if "conditional_accuracy" in v.assess:
-            pictures.append("digits_on_demand")
-        sections += [f"### `{v.name}`", " ".join(f"![{p}]({images[v.name]}/{p}.png)" for p in pictures)]
     return "\n\n".join(sections) + "\n"

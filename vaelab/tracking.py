@@ -3,6 +3,9 @@
 The later stages find the run by the trained model's content hash, a tag of the run, not by an id
 stored in the model: the model file stays the same bytes whoever trained it, and a clone whose
 store lacks the run (pulled from a DVC remote, pointed at another store) still logs its figures.
+Each later stage records its settings as params of the run; results under other settings (a sweep
+over assess.iwae_k) go to a new run nested under the training run, never over the first ones.
+The judge has its own experiment: its loss and params are not a VAE's.
 """
 
 import hashlib
@@ -14,17 +17,28 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from filelock import FileLock
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from torchvision.datasets import MNIST
 
 from vaelab import paths
 from vaelab.errors import server_unreachable, uninterruptible
 from vaelab.params import MlflowParams, Params
 
-MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MODEL_DIGEST_TAG = "model_sha256"  # the sha256 of the models/<variant>.pt a training run wrote
+# MLflow 3.17's UI opens every experiment in its GenAI view unless the browser has chosen "Model training"
+# (localStorage) or the address says so; this tag, which its code reads when a feature flag is off, says
+# what vaelab's experiments are should a later UI honour it
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+# the code that decides results; params are logged, and the pipeline rewrites its outputs as it runs
+CODE_PATHS = ["vaelab", "stages", "dvc.yaml"]
 
 
 def repo_root() -> Path:
@@ -32,8 +46,12 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
 
 
-def use_store(opts: MlflowParams) -> None:
-    """Point MLflow at the project's store and experiment.
+def judge_experiment(opts: MlflowParams) -> str:
+    return f"{opts.experiment}-judge"
+
+
+def use_store(opts: MlflowParams, experiment: str | None = None) -> None:
+    """Point MLflow at the project's store and experiment (opts.experiment unless named).
 
     MLFLOW_TRACKING_URI wins; otherwise the store is mlflow.db at the repository root with
     artifacts in mlruns/ beside it, which is what `mlflow ui` started there shows. Both paths
@@ -46,38 +64,69 @@ def use_store(opts: MlflowParams) -> None:
     custom_uri = os.environ.get("MLFLOW_TRACKING_URI")
     database = repo_root() / "mlflow.db"
     mlflow.set_tracking_uri(custom_uri or f"sqlite:///{database}?timeout={opts.busy_timeout_seconds:g}")
+    experiment = experiment or opts.experiment
     with FileLock(f"{database}.lock"):
-        if mlflow.get_experiment_by_name(opts.experiment) is None:
+        if mlflow.get_experiment_by_name(experiment) is None:
             artifacts = None if custom_uri else (database.parent / "mlruns").as_uri()
-            mlflow.create_experiment(opts.experiment, artifact_location=artifacts)
-        mlflow.set_experiment(opts.experiment)
+            mlflow.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+        mlflow.set_experiment(experiment)
 
 
-def _git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+def runs_table_url(opts: MlflowParams) -> str:
+    """The address of the experiment's runs table in MLflow's UI, in its "Model training" view."""
+    use_store(opts)
+    experiment_id = mlflow.get_experiment_by_name(opts.experiment).experiment_id
+    server = os.environ.get("MLFLOW_TRACKING_URI", "")
+    base = server.rstrip("/") if server.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _git(*args: str) -> str | None:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def source_tags() -> dict[str, str]:
+    """What a reader needs to rebuild a run: the commit, whether the code differed from it, and the DVC experiment."""
+    changes = _git("status", "--porcelain", "--", *CODE_PATHS)
+    tags = {"git_commit": _git("rev-parse", "HEAD") or "unknown", "git_dirty": "unknown" if changes is None else str(bool(changes)).lower()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+        tags["dvc_baseline_rev"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    return tags
+
+
+def run_name(variant: str) -> str:
+    return " ".join(filter(None, [variant, os.environ.get("DVC_EXP_NAME")]))
 
 
 @contextmanager
-def training_run(params: Params, variant: str, run_params: dict, resume_run_id: str | None = None):
-    """A trained model's run: a new one with its params and tags, or the interrupted one to resume.
+def training_run(params: Params, variant: str, run_params: dict, note: str, resume_run_id: str | None = None, experiment: str | None = None):
+    """A trained model's run: a new one with its params, tags and note (the description the run's
+    page shows first), or the interrupted one to resume.
 
     It ends FINISHED, KILLED on Ctrl-C or SIGTERM, FAILED on any other error.
     """
-    use_store(params.mlflow)
+    use_store(params.mlflow, experiment)
     if resume_run_id:
         with _run(run_id=resume_run_id) as run:
             yield run
         return
-    dvc_experiment = os.environ.get("DVC_EXP_NAME")
-    tags = {"variant": variant, "git_commit": _git_commit()}
-    if dvc_experiment:
-        tags["dvc_experiment"] = dvc_experiment
-        tags["dvc_baseline_rev"] = os.environ.get("DVC_EXP_BASELINE_REV", "")
-    name = f"{variant} {dvc_experiment}" if dvc_experiment else variant
-    with _run(run_name=name, tags=tags) as run:
+    tags = {"variant": variant, **source_tags(), MLFLOW_RUN_NOTE: note}
+    with _run(run_name=run_name(variant), tags=tags) as run:
         mlflow.log_params(run_params)
         yield run
+
+
+def log_mnist_inputs(train_images: int, test_images: int) -> None:
+    """The MNIST files the run trained and tested on, each dataset with the sha256 of its two files."""
+    raw = Path("data") / "MNIST" / "raw"
+    for prefix, context, n in [("train", "training", train_images), ("t10k", "testing", test_images)]:
+        files = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
+        sha256 = {name: hashlib.sha256((raw / name).read_bytes()).hexdigest() for name in files}
+        digest = hashlib.sha256("".join(sha256.values()).encode()).hexdigest()[:16]
+        dataset = MetaDataset(HTTPDatasetSource(MNIST.mirrors[0] + files[0]), name=f"MNIST {prefix} ({n} images)", digest=digest)
+        mlflow.log_input(dataset, context=context, tags={f"sha256 {name}": value for name, value in sha256.items()})
 
 
 def log_epochs(run_id: str, records: list[dict]) -> None:
@@ -105,40 +154,65 @@ def close_abandoned_run(params: Params, run_id: str) -> None:
 
 
 def model_digest(variant: str) -> str:
-    return hashlib.sha256(paths.model_file(variant).read_bytes()).hexdigest()
+    return paths.sha256(paths.model_file(variant))
 
 
-def tag_trained_model(variant: str) -> None:
-    """Mark the active training run as the one that wrote the variant's model file."""
-    mlflow.set_tag(MODEL_DIGEST_TAG, model_digest(variant))
+def tag_trained_model(variant: str, run_id: str) -> None:
+    """Mark the training run as the one that wrote the variant's model file: its sha256, the md5 that
+    dvc.lock records for it, and the earlier runs that wrote the very same bytes (a rerun that
+    reproduced them, which the later stages may have added to instead)."""
+    model = paths.model_file(variant).read_bytes()
+    digest = hashlib.sha256(model).hexdigest()
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    earlier = [r.info.run_id for r in _runs_of_model(client, experiment_id, digest)]
+    tags = {MODEL_DIGEST_TAG: digest, "dvc_model_md5": hashlib.md5(model).hexdigest()}
+    if earlier:
+        tags["same_model_as"] = ",".join(earlier)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
-def model_run(params: Params, variant: str) -> "ExistingRun":
-    """The run of the variant's trained model in the current store, for a later stage to add to.
+def _runs_of_model(client: MlflowClient, experiment_id: str, digest: str) -> list:
+    return client.search_runs([experiment_id], f"tags.{MODEL_DIGEST_TAG} = '{digest}'", order_by=["attributes.start_time DESC"])
 
-    It is the latest run tagged with the model file's hash (two identical trainings write the
-    same file). A store without one, as in a clone that pulled the model from a DVC remote and
-    points at another store or at none, gets a new finished run with that tag and the variant's
-    params, and the stage says so in one line.
+
+def model_run(params: Params, variant: str, settings: dict) -> "ExistingRun":
+    """The run of the variant's trained model in the current store, for a later stage to add its
+    results to, with the stage's `settings` (flat params) recorded as params of that run.
+
+    It is the latest run tagged with the model file's hash (two identical trainings write the same
+    file) whose params agree with `settings`. When every such run holds other values (this stage
+    ran before with other settings), the results go to a new run nested under the training run.
+    A store without any, as in a clone that pulled the model from a DVC remote and points at
+    another store or at none, gets a new finished run with the variant's params. Either new run is
+    announced in one line.
     """
     use_store(params.mlflow)
     digest = model_digest(variant)
     client = MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id
-    found = client.search_runs(
-        [experiment_id], f"tags.{MODEL_DIGEST_TAG} = '{digest}'", order_by=["attributes.start_time DESC"], max_results=1
-    )
+    found = _runs_of_model(client, experiment_id, digest)
+    wanted = {key: str(value) for key, value in settings.items()}
+    for candidate in found:
+        logged = candidate.data.params
+        if all(logged.get(key, value) == value for key, value in wanted.items()):
+            run = ExistingRun(candidate.info.run_id)
+            run.log_params({key: value for key, value in wanted.items() if key not in logged})
+            return run
+    tags = {"variant": variant, MODEL_DIGEST_TAG: digest, **source_tags()}
     if found:
-        return ExistingRun(found[0].info.run_id)
-    tags = {"variant": variant, MODEL_DIGEST_TAG: digest, "git_commit": _git_commit(), "trained_elsewhere": "true"}
-    run = client.create_run(experiment_id, run_name=variant, tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.run_params(variant).items()])
+        parent = found[-1]  # the first run of this model: its training run
+        tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
+        changed = ", ".join(f"{k} {parent.data.params[k]} -> {v}" for k, v in wanted.items() if parent.data.params.get(k, v) != v)
+        why = f"other settings than run {parent.info.run_id} ({changed}): its results go to a new run under it"
+    else:
+        tags["trained_elsewhere"] = "true"
+        why = f"no run in this MLflow store trained {paths.model_file(variant)} (sha256 {digest[:12]}): its results go to a new run"
+    run = client.create_run(experiment_id, run_name=run_name(variant), tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in {**params.run_params(variant), **wanted}.items()])
     client.set_terminated(run.info.run_id, "FINISHED")
-    print(
-        f"{variant}: no run in this MLflow store trained {paths.model_file(variant)} (sha256 {digest[:12]}); "
-        f"its results go to a new run, {run.info.run_id}",
-        file=sys.stderr,
-    )
+    print(f"{variant}: {why}, {run.info.run_id}", file=sys.stderr)
     return ExistingRun(run.info.run_id)
 
 
@@ -152,12 +226,19 @@ class ExistingRun:
     def __init__(self, run_id: str):
         self.client, self.run_id = MlflowClient(), run_id
 
-    def log_metrics(self, metrics: dict, prefix: str = "") -> None:
-        """Log a nested dict of figures as metrics named like a/b/c."""
+    def metrics(self) -> dict[str, float]:
+        return self.client.get_run(self.run_id).data.metrics
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(key, value, now, 0) for key, value in flatten(metrics, prefix).items()]
-        for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=batch[start : start + MAX_METRICS_PER_BATCH])
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+
+    def log_params(self, params: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in params.items()])
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """Rows of figures, shown as a table in the run's artifacts and comparable across runs."""
+        self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file)
 
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
@@ -192,18 +273,3 @@ def _run(**start_args):
         raise
     with uninterruptible():
         mlflow.end_run("FINISHED")
-
-
-def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """A nested dict of figures as one dict of metrics named like a/b/c."""
-    flat = {}
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{path}/{key}" if path else str(key))
-        else:
-            flat[path] = float(node)
-
-    walk(metrics, prefix)
-    return flat
