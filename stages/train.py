@@ -65,6 +65,8 @@ def main() -> None:
     with tracking.training_run(params, name, params.run_params(name), note, checkpoint and checkpoint["run_id"]) as run:
         if not checkpoint:
             tracking.log_mnist_inputs(len(train), len(test))
+            if final_kl_weight < 1:
+                mlflow.set_tag("warning", f"KL warm-up unfinished: the last epoch trained at KL weight {final_kl_weight:.2f}")
         tracking.log_epochs(run.info.run_id, records)
         steps = trainer.steps_per_epoch
         with tqdm(total=variant.epochs * steps, initial=trainer.epoch * steps, desc=name, unit="batch", mininterval=1) as bar:
@@ -85,15 +87,9 @@ def main() -> None:
                 )
 
         paths.write_csv(paths.curves_file(name), records)
-        summary = {
-            "train_loss": records[-1]["train_loss"],
-            "wall_seconds": sum(r["epoch_seconds"] for r in records),
-            "final_kl_weight": records[-1]["kl_weight"],
-        }
+        summary = {"train_loss": records[-1]["train_loss"], "wall_seconds": sum(r["epoch_seconds"] for r in records)}
         paths.write_json(paths.train_metrics_file(name), summary)
         mlflow.log_metric("train_seconds", summary["wall_seconds"])
-        if summary["final_kl_weight"] < 1:
-            mlflow.set_tag("warning", f"KL warm-up unfinished: the last epoch trained at KL weight {summary['final_kl_weight']:.2f}")
         save_trained(model, variant, paths.model_file(name))
         served.log_model(paths.model_file(name), name, test.first(1))
         tracking.tag_trained_model(name, run.info.run_id)
