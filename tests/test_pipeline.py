@@ -329,6 +329,13 @@ def test_queued_experiments_get_their_own_runs_and_columns(repo, store, mirror):
     assert sum(1 for line in table if "queued" in line or "tighter" in line) == 2
     assert EXP_SHOW_RECIPE in (PROJECT / "README.md").read_text()
 
+    # the two experiments side by side (tests/test_compare.py: seeds grouped, means and sds)
+    said = run(["python", "-m", "vaelab.compare"], repo).stdout
+    compared = (repo / "comparison/experiments/README.md").read_text()
+    rows = [line for line in compared.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 3 and "latent_dim" in rows[0] and "assess.iwae_k" in rows[0], compared
+    assert all((repo / f"comparison/experiments/{figure}.png").stat().st_size > 0 for figure in ("elbo", "iwae")), said
+
 
 def test_variants_added_to_or_removed_from_the_pipeline_are_picked_up_everywhere(repo, store, mirror):
     """burda_vae, off the default pipeline, joins it for a short run (its own experiment, as the README

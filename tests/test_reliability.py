@@ -396,14 +396,15 @@ server.serve_forever()
 """
 
 
-def test_a_parallel_queue_of_four_experiments_loses_no_run(tmp_path, mirror):
+def test_a_parallel_queue_loses_no_run(tmp_path, mirror):
+    """Two experiments at once, -j 2: both write to the same SQLite store and DVC workspace."""
     directory, md5 = mirror
     repo = make_repo(tmp_path / "sweep", small_params(md5))
     env = {"MNIST_MIRROR": str(directory)}
     run(["dvc", "repro", "download"], repo, env=env)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "data"], repo)
-    for latent_dim in (2, 3, 5, 7):
+    for latent_dim in (2, 5):
         run(["dvc", "exp", "run", "--queue", "-n", f"z{latent_dim}", "-S", f"latent_dim={latent_dim}"], repo, env=env)
 
     run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env=env)
@@ -412,14 +413,14 @@ def test_a_parallel_queue_of_four_experiments_loses_no_run(tmp_path, mirror):
     experiment = client.get_experiment_by_name("vaelab")
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags["variant"] in VARIANTS]
     assert sorted((r.data.tags["dvc_experiment"], r.data.tags["variant"]) for r in runs) == sorted(
-        (f"z{d}", v) for d in (2, 3, 5, 7) for v in VARIANTS
+        (f"z{d}", v) for d in (2, 5) for v in VARIANTS
     )
     for r in runs:
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "train_loss")) == 1
         assert "test_elbo" in r.data.metrics and "iwae_bound" in r.data.metrics
         assert len(client.list_artifacts(r.info.run_id, "images")) >= 3
-    logs = "".join(run(["dvc", "queue", "logs", f"z{d}"], repo, check=False).stdout for d in (2, 3, 5, 7))
+    logs = "".join(run(["dvc", "queue", "logs", f"z{d}"], repo, check=False).stdout for d in (2, 5))
     assert "database is locked" not in logs
 
     # the same experiment alone, with the cores to itself, forced past the run-cache (which would
