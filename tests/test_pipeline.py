@@ -272,7 +272,7 @@ def test_each_stage_says_in_one_line_what_it_did(repo):
     assert len([line for line in lines if line.startswith("report: 4 variants side by side")]) == 1
     # MLflow 3.17 opens experiments in its GenAI view unless the address asks for the runs table
     experiment_id = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_experiment_by_name("vaelab").experiment_id
-    assert f"report: MLflow's runs table (`mlflow ui` for this store): http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in lines
+    assert f"report: MLflow's runs table: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning (after `mlflow ui`)" in lines
     assert "threads=" not in out + err
     (warning,) = [line for line in err.splitlines() if "kl_warmup_epochs" in line]
     assert warning.startswith("vae_anneal: warning: kl_warmup_epochs 3 does not end within its 2 epochs")
