@@ -37,6 +37,8 @@ MODEL_DIGEST_TAG = "model_sha256"  # the sha256 of the models/<variant>.pt a tra
 # what vaelab's experiments are should a later UI honour it
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+# the user's store, read before mlflow.set_tracking_uri writes ours into the same variable
+USER_STORE = os.environ.get("MLFLOW_TRACKING_URI")
 # the code that decides results; params are logged, and the pipeline rewrites its outputs as it runs
 CODE_PATHS = ["vaelab", "stages", "dvc.yaml"]
 
@@ -61,7 +63,7 @@ def use_store(opts: MlflowParams, experiment: str | None = None) -> None:
     mlflow.busy_timeout_seconds) instead of failing with "database is locked", and a file lock lets one process at a time
     create or migrate the schema and the experiment.
     """
-    custom_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    custom_uri = USER_STORE
     database = repo_root() / "mlflow.db"
     mlflow.set_tracking_uri(custom_uri or f"sqlite:///{database}?timeout={opts.busy_timeout_seconds:g}")
     experiment = experiment or opts.experiment
@@ -82,7 +84,7 @@ def runs_table_url(opts: MlflowParams) -> str:
     how to start that UI."""
     use_store(opts)
     experiment_id = mlflow.get_experiment_by_name(opts.experiment).experiment_id
-    store = os.environ.get("MLFLOW_TRACKING_URI", "")
+    store = USER_STORE or ""
     page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if store.startswith(("http://", "https://")):
         return f"{store.rstrip('/')}/{page}"
