@@ -9,7 +9,7 @@ from pathlib import Path
 from vaelab import paths, report
 from vaelab.errors import run_stage
 from vaelab.params import load_params
-from vaelab.tracking import model_run, runs_table_url
+from vaelab.tracking import report_run, runs_table_url
 
 
 def main() -> None:
@@ -32,10 +32,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         page = Path(scratch) / "report.html"
         page.write_text(report.html_page(text, readme.parent, "vaelab: comparison of the variants"))
+        # to the runs that hold the figures it shows: those computed with these settings
+        settings = {**params.settings("evaluate", "render", "traversal", "assess"), "judge_sha256": paths.sha256(paths.judge_model_file())}
         for name in params.pipeline:
-            model_run(params, name, {}).log_artifact(str(page))
+            run = report_run(params, name, settings)
+            if run:
+                run.log_artifact(str(page))
     print(f"report: {len(results)} variants side by side in {readme}; headline figures in {paths.report_metrics_file()}")
-    print(f"report: MLflow's runs table (`mlflow ui` for this store): {runs_table_url(params.mlflow)}")
+    print(f"report: MLflow's runs table: {runs_table_url(params.mlflow)}")
     if any(v.final_kl_weight < 1 for v in results):
         print("report: KL warm-up unfinished for " + ", ".join(v.name for v in results if v.final_kl_weight < 1) + " (marked †)", file=sys.stderr)
 

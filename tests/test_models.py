@@ -20,11 +20,9 @@ def test_every_variant_maps_images_to_latents_and_back(name):
 
     mu, logvar = model.encode(x, onehot)
     logits = model.decode(mu, onehot)
-    served = model(model.example_input(5))
 
     assert mu.shape == logvar.shape == (5, variant.latent_dim)
     assert logits.shape == (5, 784)
-    assert served.shape == (5, 784) and served.min() >= 0 and served.max() <= 1
     widths = [layer.out_features for layer in model.encoder if isinstance(layer, torch.nn.Linear)]
     assert widths == [*variant.hidden, 2 * variant.latent_dim]
 

@@ -272,7 +272,7 @@ def test_each_stage_says_in_one_line_what_it_did(repo):
     assert len([line for line in lines if line.startswith("report: 4 variants side by side")]) == 1
     # MLflow 3.17 opens experiments in its GenAI view unless the address asks for the runs table
     experiment_id = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_experiment_by_name("vaelab").experiment_id
-    assert f"report: MLflow's runs table (`mlflow ui` for this store): http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in lines
+    assert f"report: MLflow's runs table: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning (after `mlflow ui`)" in lines
     assert "threads=" not in out + err
     (warning,) = [line for line in err.splitlines() if "kl_warmup_epochs" in line]
     assert warning.startswith("vae_anneal: warning: kl_warmup_epochs 3 does not end within its 2 epochs")
@@ -328,6 +328,13 @@ def test_queued_experiments_get_their_own_runs_and_columns(repo, store, mirror):
     assert [h for h in headers if h.startswith(("elbo.", "iwae."))] == [f"{f}.{n}" for f in ("elbo", "iwae") for n in VARIANTS]
     assert sum(1 for line in table if "queued" in line or "tighter" in line) == 2
     assert EXP_SHOW_RECIPE in (PROJECT / "README.md").read_text()
+
+    # the two experiments side by side (tests/test_compare.py: seeds grouped, means and sds)
+    said = run(["python", "-m", "vaelab.compare"], repo).stdout
+    compared = (repo / "comparison/experiments/README.md").read_text()
+    rows = [line for line in compared.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 3 and "latent_dim" in rows[0] and "assess.iwae_k" in rows[0], compared
+    assert all((repo / f"comparison/experiments/{figure}.png").stat().st_size > 0 for figure in ("elbo", "iwae")), said
 
 
 def test_variants_added_to_or_removed_from_the_pipeline_are_picked_up_everywhere(repo, store, mirror):

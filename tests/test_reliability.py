@@ -9,7 +9,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import suppress
 
+import mlflow
 import pandas as pd
 import pytest
 import torch
@@ -396,14 +398,15 @@ server.serve_forever()
 """
 
 
-def test_a_parallel_queue_of_four_experiments_loses_no_run(tmp_path, mirror):
+def test_a_parallel_queue_loses_no_run(tmp_path, mirror):
+    """Two experiments at once, -j 2: both write to the same SQLite store and DVC workspace."""
     directory, md5 = mirror
     repo = make_repo(tmp_path / "sweep", small_params(md5))
     env = {"MNIST_MIRROR": str(directory)}
     run(["dvc", "repro", "download"], repo, env=env)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "data"], repo)
-    for latent_dim in (2, 3, 5, 7):
+    for latent_dim in (2, 5):
         run(["dvc", "exp", "run", "--queue", "-n", f"z{latent_dim}", "-S", f"latent_dim={latent_dim}"], repo, env=env)
 
     run(["dvc", "exp", "run", "--run-all", "-j", "2"], repo, env=env)
@@ -412,14 +415,14 @@ def test_a_parallel_queue_of_four_experiments_loses_no_run(tmp_path, mirror):
     experiment = client.get_experiment_by_name("vaelab")
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags["variant"] in VARIANTS]
     assert sorted((r.data.tags["dvc_experiment"], r.data.tags["variant"]) for r in runs) == sorted(
-        (f"z{d}", v) for d in (2, 3, 5, 7) for v in VARIANTS
+        (f"z{d}", v) for d in (2, 5) for v in VARIANTS
     )
     for r in runs:
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "train_loss")) == 1
         assert "test_elbo" in r.data.metrics and "iwae_bound" in r.data.metrics
         assert len(client.list_artifacts(r.info.run_id, "images")) >= 3
-    logs = "".join(run(["dvc", "queue", "logs", f"z{d}"], repo, check=False).stdout for d in (2, 3, 5, 7))
+    logs = "".join(run(["dvc", "queue", "logs", f"z{d}"], repo, check=False).stdout for d in (2, 5))
     assert "database is locked" not in logs
 
     # the same experiment alone, with the cores to itself, forced past the run-cache (which would
@@ -445,16 +448,21 @@ def test_a_stage_killed_while_adding_to_a_finished_run_leaves_it_finished(tmp_pa
     run(["dvc", "repro", "evaluate@vae"], repo, env=env)
     client, [trained] = mlflow_runs(repo, "vae")
 
-    process = start(["dvc", "repro", "--force", "--single-item", "evaluate@vae"], repo, env)
-    for line in process.stdout:  # the stage's one line comes once it has added its figures to the run
+    process = start(["dvc", "repro", "--force", "--single-item", "evaluate@vae"], repo, {**env, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:  # the stage's one line comes once it has added its results to the run
         if line.startswith("vae: test ELBO"):
             break
-    os.killpg(process.pid, signal.SIGKILL)
+    with suppress(ProcessLookupError):  # DVC is still recording the stage, unless the machine was quick
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
     after = client.get_run(trained.info.run_id).info
     assert after.status == "FINISHED" and after.end_time == trained.info.end_time
     assert [r.info.status for r in mlflow_runs(repo, "vae")[1]] == ["FINISHED"]
+    # run again on the same run, the stage leaves its table as it was (MLflow would append the rows)
+    mlflow.set_tracking_uri(client.tracking_uri)  # load_table searches runs through it
+    table = client.load_table(trained.info.experiment_id, "evaluate/per_digit_reconstruction.json", run_ids=[trained.info.run_id])
+    assert sorted(table["digit"]) == list(range(10))
 
 
 def test_a_full_disk_while_writing_a_checkpoint_says_so_and_keeps_the_previous_one(tmp_path, mirror):

@@ -27,9 +27,8 @@ from vaelab.errors import VaelabError, run_stage
 DEFAULT_OUT = Path("comparison") / "experiments"
 HEADLINE = ["elbo", "iwae"]  # the default: every figure makes the table too wide to read
 LABELS = {"elbo": "test ELBO (nats per image)", "iwae": "IWAE bound (nats per image)",
-          "binarized_bound": "binarised-MNIST bound (nats per image)", "bits_per_dim": "bits per dimension",
-          "active_units": "active latent units", "final_kl_weight": "final KL weight",
-          "train_seconds": "training time (s)", "judge_accuracy": "judge's test accuracy"}
+          "binarized_bound": "binarised-MNIST bound (nats per image)", "active_units": "active latent units",
+          "judge_accuracy": "judge's test accuracy"}
 COMMIT = "commit"  # a grouping key when experiments of several commits are compared
 FINISHED = {None, "Success"}  # DVC's State: None for experiments read from git refs alone
 
@@ -77,8 +76,9 @@ def collect(repo: str | Path, all_commits: bool = False) -> tuple[pd.DataFrame, 
     return runs, [m for m in metrics if runs[m].notna().any()], params, skipped, root
 
 
-def _str(cell) -> str | None:  # DVC's cells are rich-text objects
-    return None if cell is None or str(cell) in ("", "-", "!") else str(cell)
+def _str(cell) -> str | None:
+    """DVC's cells are rich-text objects; a value missing in one experiment reads "None", "-" or ""."""
+    return None if cell is None or str(cell) in ("", "-", "!", "None") else str(cell)
 
 
 def _text(value) -> str:

@@ -42,7 +42,6 @@ class VariantResults:
             pd.read_csv(paths.kl_per_dim_file(name)),
         )
 
-
     @property
     def final_kl_weight(self) -> float:
         return float(self.curves["kl_weight"].iloc[-1])
@@ -150,8 +149,8 @@ def _percent(share: float) -> str:
 
 # (file name, heading, caption, width in pixels): every variant's picture side by side, the same size
 PICTURES = [
-    ("samples", "Samples from the prior", "Mean images of p(x|z) for 64 draws z ~ N(0, I); a conditional variant is given the "
-     "digits 0-9 in turn.", 260),
+    ("samples", "Samples from the prior", "Mean images of p(x|z) for z drawn from N(0, I), `render.grid_size` squared of "
+     "them; a conditional variant is given the digits 0-9 in turn.", 260),
     ("reconstructions", "Test digits and their reconstructions", "The first test digits (top row) and their "
      "reconstructions through the posterior mean (bottom row).", 260),
     ("interpolation_3_to_8", "Interpolation", "Decoded points on the line between the posterior means of the first test 3 "

@@ -37,6 +37,8 @@ MODEL_DIGEST_TAG = "model_sha256"  # the sha256 of the models/<variant>.pt a tra
 # what vaelab's experiments are should a later UI honour it
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+# the user's store, read before mlflow.set_tracking_uri writes ours into the same variable
+USER_STORE = os.environ.get("MLFLOW_TRACKING_URI")
 # the code that decides results; params are logged, and the pipeline rewrites its outputs as it runs
 CODE_PATHS = ["vaelab", "stages", "dvc.yaml"]
 
@@ -61,24 +63,33 @@ def use_store(opts: MlflowParams, experiment: str | None = None) -> None:
     mlflow.busy_timeout_seconds) instead of failing with "database is locked", and a file lock lets one process at a time
     create or migrate the schema and the experiment.
     """
-    custom_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    custom_uri = USER_STORE
     database = repo_root() / "mlflow.db"
     mlflow.set_tracking_uri(custom_uri or f"sqlite:///{database}?timeout={opts.busy_timeout_seconds:g}")
     experiment = experiment or opts.experiment
     with FileLock(f"{database}.lock"):
         if mlflow.get_experiment_by_name(experiment) is None:
             artifacts = None if custom_uri else (database.parent / "mlruns").as_uri()
-            mlflow.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+            try:
+                mlflow.create_experiment(experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+            except MlflowException as err:
+                # a shared server: another machine's stage created it first (the lock is only this machine's)
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
         mlflow.set_experiment(experiment)
 
 
 def runs_table_url(opts: MlflowParams) -> str:
-    """The address of the experiment's runs table in MLflow's UI, in its "Model training" view."""
+    """The address of the experiment's runs table in MLflow's UI, in its "Model training" view, and
+    how to start that UI."""
     use_store(opts)
     experiment_id = mlflow.get_experiment_by_name(opts.experiment).experiment_id
-    server = os.environ.get("MLFLOW_TRACKING_URI", "")
-    base = server.rstrip("/") if server.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    store = USER_STORE or ""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if store.startswith(("http://", "https://")):
+        return f"{store.rstrip('/')}/{page}"
+    start = f"mlflow ui --backend-store-uri {store}" if store else "mlflow ui"
+    return f"{UI_ADDRESS}/{page} (after `{start}`)"
 
 
 def _git(*args: str) -> str | None:
@@ -159,13 +170,13 @@ def model_digest(variant: str) -> str:
 
 def tag_trained_model(variant: str, run_id: str) -> None:
     """Mark the training run as the one that wrote the variant's model file: its sha256, the md5 that
-    dvc.lock records for it, and the earlier runs that wrote the very same bytes (a rerun that
-    reproduced them, which the later stages may have added to instead)."""
+    dvc.lock records for it, and the earlier training runs that wrote the very same bytes (a rerun
+    that reproduced them: the later stages add to the newest)."""
     model = paths.model_file(variant).read_bytes()
     digest = hashlib.sha256(model).hexdigest()
     client = MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
-    earlier = [r.info.run_id for r in _runs_of_model(client, experiment_id, digest)]
+    earlier = [r.info.run_id for r in _runs_of_model(client, experiment_id, digest) if _is_training_run(r)]
     tags = {MODEL_DIGEST_TAG: digest, "dvc_model_md5": hashlib.md5(model).hexdigest()}
     if earlier:
         tags["same_model_as"] = ",".join(earlier)
@@ -174,46 +185,74 @@ def tag_trained_model(variant: str, run_id: str) -> None:
 
 
 def _runs_of_model(client: MlflowClient, experiment_id: str, digest: str) -> list:
+    """Newest first."""
     return client.search_runs([experiment_id], f"tags.{MODEL_DIGEST_TAG} = '{digest}'", order_by=["attributes.start_time DESC"])
+
+
+def _is_training_run(run) -> bool:
+    return MLFLOW_PARENT_RUN_ID not in run.data.tags and "trained_elsewhere" not in run.data.tags
+
+
+def _choose(runs: list, settings: dict[str, str]):
+    """The newest run that holds results computed with `settings`, or may take them: its params agree
+    with every setting it has, and it lacks some only if it belongs to this very DVC experiment (or,
+    outside one, to none). So parallel experiments never add to one another's runs. Returns the run
+    and the settings it lacks, or None."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    for run in runs:
+        logged = run.data.params
+        if any(logged.get(key, value) != value for key, value in settings.items()):
+            continue
+        missing = {key: value for key, value in settings.items() if key not in logged}
+        if not missing or run.data.tags.get("dvc_experiment") == experiment:
+            return run, missing
+    return None
 
 
 def model_run(params: Params, variant: str, settings: dict) -> "ExistingRun":
     """The run of the variant's trained model in the current store, for a later stage to add its
     results to, with the stage's `settings` (flat params) recorded as params of that run.
 
-    It is the latest run tagged with the model file's hash (two identical trainings write the same
-    file) whose params agree with `settings`. When every such run holds other values (this stage
-    ran before with other settings), the results go to a new run nested under the training run.
-    A store without any, as in a clone that pulled the model from a DVC remote and points at
-    another store or at none, gets a new finished run with the variant's params. Either new run is
-    announced in one line.
+    Runs are found by the model file's hash (two identical trainings write the same file) and
+    chosen by _choose. When none will do (this stage ran before with other settings), the results
+    go to a new run nested under the newest training run. A store without any run of the model, as
+    in a clone that pulled it from a DVC remote and points at another store or at none, gets a new
+    finished run with the variant's params. Either new run is announced in one line.
     """
     use_store(params.mlflow)
     digest = model_digest(variant)
     client = MlflowClient()
     experiment_id = mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id
     found = _runs_of_model(client, experiment_id, digest)
-    wanted = {key: str(value) for key, value in settings.items()}
-    for candidate in found:
-        logged = candidate.data.params
-        if all(logged.get(key, value) == value for key, value in wanted.items()):
-            run = ExistingRun(candidate.info.run_id)
-            run.log_params({key: value for key, value in wanted.items() if key not in logged})
-            return run
+    as_logged = {key: str(value) for key, value in settings.items()}
+    chosen = _choose(found, as_logged)
+    if chosen:
+        run, missing = chosen
+        ExistingRun(run.info.run_id).log_params(missing)
+        return ExistingRun(run.info.run_id)
     tags = {"variant": variant, MODEL_DIGEST_TAG: digest, **source_tags()}
     if found:
-        parent = found[-1]  # the first run of this model: its training run
+        parent = next((r for r in found if _is_training_run(r)), found[0])
         tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
-        changed = ", ".join(f"{k} {parent.data.params[k]} -> {v}" for k, v in wanted.items() if parent.data.params.get(k, v) != v)
-        why = f"other settings than run {parent.info.run_id} ({changed}): its results go to a new run under it"
+        changed = ", ".join(f"{k} {parent.data.params[k]} -> {v}" for k, v in as_logged.items() if parent.data.params.get(k, v) != v)
+        why = f"other settings than run {parent.info.run_id} ({changed or 'another DVC experiment'}): its results go to a new run under it"
     else:
         tags["trained_elsewhere"] = "true"
         why = f"no run in this MLflow store trained {paths.model_file(variant)} (sha256 {digest[:12]}): its results go to a new run"
     run = client.create_run(experiment_id, run_name=run_name(variant), tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in {**params.run_params(variant), **wanted}.items()])
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in {**params.run_params(variant), **as_logged}.items()])
     client.set_terminated(run.info.run_id, "FINISHED")
     print(f"{variant}: {why}, {run.info.run_id}", file=sys.stderr)
     return ExistingRun(run.info.run_id)
+
+
+def report_run(params: Params, variant: str, settings: dict) -> "ExistingRun | None":
+    """The run model_run would add to, for an artifact made from its results; None rather than a new run."""
+    use_store(params.mlflow)
+    client = MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    chosen = _choose(_runs_of_model(client, experiment_id, model_digest(variant)), {k: str(v) for k, v in settings.items()})
+    return ExistingRun(chosen[0].info.run_id) if chosen else None
 
 
 class ExistingRun:
@@ -237,8 +276,13 @@ class ExistingRun:
         self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in params.items()])
 
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
-        """Rows of figures, shown as a table in the run's artifacts and comparable across runs."""
-        self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file)
+        """Rows of figures, shown as a table in the run's artifacts and comparable across runs.
+
+        Once per run: MLflow appends to a table already there, and a run holds results of one model
+        under one set of settings, so a stage run again on it computes the same rows."""
+        folder = os.path.dirname(artifact_file) or None
+        if artifact_file not in {a.path for a in self.client.list_artifacts(self.run_id, folder)}:
+            self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file)
 
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
