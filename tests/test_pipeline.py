@@ -127,6 +127,8 @@ def test_runs_hold_the_images_and_the_model(store):
     models = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list")
     # each variant's model under its name, a VAE through pyfunc (tests/test_served.py: every task, over REST too)
     assert {(m.name, m.source_run_id) for m in models} == {(name, r.info.run_id) for name, r in runs.items()}
+    for model in models:  # the model's page lists the figures a researcher compares models by
+        assert {"train_seconds", "iwae_bound", "binarized_bound", "active_units"} <= {m.key for m in model.metrics}
     cvae = mlflow.pyfunc.load_model(next(m.model_uri for m in models if m.name == "cvae"))
     drawn = cvae.predict(pd.DataFrame(), params={"task": "generate", "digit": 3, "n": 2, "seed": 0})
     assert drawn.shape == (2, 785) and list(drawn["label"]) == [3, 3]

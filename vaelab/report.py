@@ -75,7 +75,10 @@ def html_page(markdown_text: str, folder: Path, title: str) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', embed, body)
-    style = "body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} img{vertical-align:top}"
+    # a wide table scrolls inside its own box instead of pushing the page past MLflow's artifact viewer
+    style = ("body{font-family:sans-serif;font-size:14px;max-width:1400px;margin:auto;padding:1em} "
+             "table{border-collapse:collapse;display:block;overflow-x:auto} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} "
+             "img{vertical-align:top}")
     return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style></head><body>\n{body}\n</body></html>\n"
 
 

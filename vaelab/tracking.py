@@ -269,8 +269,13 @@ class ExistingRun:
         return self.client.get_run(self.run_id).data.metrics
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Figures of the run's model, also listed on the logged model's page when the run logged one."""
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        models = self.client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{self.run_id}'")
+        model_id = models[0].model_id if models else None
+        batch = [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
 
     def log_params(self, params: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, params=[Param(key, value) for key, value in params.items()])
