@@ -72,7 +72,7 @@ def test_a_sweep_on_ray_runs_each_experiment_in_its_own_clone_and_names_the_one_
 
     run(["dvc", "exp", "pull", "origin"], here)
     rows = {row["Experiment"]: row for row in exp_show(here) if row["Experiment"]}
-    assert {name: row["params.yaml:latent_dim"] for name, row in rows.items()} == {"sw-1": "2", "sw-3": "3"}
+    assert {name: row["latent_dim"] for name, row in rows.items()} == {"sw-1": "2", "sw-3": "3"}
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("vaelab").experiment_id])
