@@ -28,6 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from torchvision.datasets import MNIST
 
 from vaelab import paths
+from vaelab.data import DATA_ROOT
 from vaelab.errors import server_unreachable, uninterruptible
 from vaelab.params import MlflowParams, Params
 
@@ -131,7 +132,7 @@ def training_run(params: Params, variant: str, run_params: dict, note: str, resu
 
 def log_mnist_inputs(train_images: int, test_images: int) -> None:
     """The MNIST files the run trained and tested on, each dataset with the sha256 of its two files."""
-    raw = Path("data") / "MNIST" / "raw"
+    raw = DATA_ROOT / "MNIST" / "raw"
     for prefix, context, n in [("train", "training", train_images), ("t10k", "testing", test_images)]:
         files = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
         sha256 = {name: hashlib.sha256((raw / name).read_bytes()).hexdigest() for name in files}
@@ -189,6 +190,15 @@ def _runs_of_model(client: MlflowClient, experiment_id: str, digest: str) -> lis
     return client.search_runs([experiment_id], f"tags.{MODEL_DIGEST_TAG} = '{digest}'", order_by=["attributes.start_time DESC"])
 
 
+def _runs_of_variant_model(params: Params, variant: str) -> tuple[MlflowClient, str, str, list]:
+    """The store's client, the project's experiment, the variant's model hash and its runs, newest first."""
+    use_store(params.mlflow)
+    digest = model_digest(variant)
+    client = MlflowClient()
+    experiment_id = mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id
+    return client, experiment_id, digest, _runs_of_model(client, experiment_id, digest)
+
+
 def _is_training_run(run) -> bool:
     return MLFLOW_PARENT_RUN_ID not in run.data.tags and "trained_elsewhere" not in run.data.tags
 
@@ -219,17 +229,14 @@ def model_run(params: Params, variant: str, settings: dict) -> "ExistingRun":
     in a clone that pulled it from a DVC remote and points at another store or at none, gets a new
     finished run with the variant's params. Either new run is announced in one line.
     """
-    use_store(params.mlflow)
-    digest = model_digest(variant)
-    client = MlflowClient()
-    experiment_id = mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id
-    found = _runs_of_model(client, experiment_id, digest)
+    client, experiment_id, digest, found = _runs_of_variant_model(params, variant)
     as_logged = {key: str(value) for key, value in settings.items()}
     chosen = _choose(found, as_logged)
     if chosen:
         run, missing = chosen
-        ExistingRun(run.info.run_id).log_params(missing)
-        return ExistingRun(run.info.run_id)
+        existing = ExistingRun(run.info.run_id)
+        existing.log_params(missing)
+        return existing
     tags = {"variant": variant, MODEL_DIGEST_TAG: digest, **source_tags()}
     if found:
         parent = next((r for r in found if _is_training_run(r)), found[0])
@@ -248,10 +255,7 @@ def model_run(params: Params, variant: str, settings: dict) -> "ExistingRun":
 
 def report_run(params: Params, variant: str, settings: dict) -> "ExistingRun | None":
     """The run model_run would add to, for an artifact made from its results; None rather than a new run."""
-    use_store(params.mlflow)
-    client = MlflowClient()
-    experiment_id = mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id
-    chosen = _choose(_runs_of_model(client, experiment_id, model_digest(variant)), {k: str(v) for k, v in settings.items()})
+    chosen = _choose(_runs_of_variant_model(params, variant)[3], {k: str(v) for k, v in settings.items()})
     return ExistingRun(chosen[0].info.run_id) if chosen else None
 
 
